@@ -1,0 +1,333 @@
+//! Types shared by the XDP programs and userspace: every map key and value, defined once.
+//!
+//! Addresses and ports are stored exactly as they appear on the wire (network byte order), so
+//! the data path compares them without byte swaps; userspace converts with [`ip_be`] / [`port_be`].
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+// Map names are at most 15 bytes: the kernel truncates object names to 15 characters and a
+// truncated name would not match when the maps are reopened from their pins.
+pub const MAP_SERVICES: &str = "LB_SERVICES";
+pub const MAP_REALS: &str = "LB_REALS";
+pub const MAP_TABLES: &str = "LB_TABLES";
+pub const MAP_CURSORS: &str = "LB_CURSORS";
+pub const MAP_CONNS: &str = "LB_CONNS";
+pub const MAP_SVC_STATS: &str = "LB_SVC_STATS";
+pub const MAP_REAL_STATS: &str = "LB_REAL_STATS";
+pub const MAP_REASONS: &str = "LB_REASONS";
+pub const MAP_CONFIG: &str = "LB_CONFIG";
+pub const MAP_DECAP_DIRS: &str = "DECAP_DIRS";
+pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
+pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
+
+/// Program names as they appear in the eBPF objects.
+pub const PROG_LB: &str = "lb_xdp";
+pub const PROG_NEIGH: &str = "lb_tc_neigh";
+pub const PROG_DECAP: &str = "decap_xdp";
+
+pub const MAX_SERVICES: u32 = 2048;
+pub const MAX_REALS: u32 = 16384;
+/// Slots of one scheduling table. `wrr` tables are the exact smooth-WRR cycle when it fits and a
+/// proportional approximation when it does not; `mh` uses the prime [`MH_TABLE_LEN`].
+pub const SCHED_SLOTS: usize = 1024;
+pub const MH_TABLE_LEN: u32 = 1021;
+/// Connection-table capacity (LRU: the least recently used entry is evicted when full).
+pub const MAX_CONNS: u32 = 262_144;
+pub const MAX_DECAP_ENTRIES: u32 = 256;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPIP: u8 = 4;
+
+/// IPVS default timeouts, in seconds (`ipvsadm -L --timeout`: 900 120 300).
+pub const TIMEOUT_SYN_RECV: u64 = 60;
+pub const TIMEOUT_ESTABLISHED: u64 = 900;
+pub const TIMEOUT_FIN_WAIT: u64 = 120;
+pub const TIMEOUT_CLOSE: u64 = 10;
+pub const TIMEOUT_UDP: u64 = 300;
+
+/// Key of the services map: a virtual service as (VIP, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceKey {
+    /// VIP, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+pub const SCHED_RR: u8 = 0;
+pub const SCHED_WRR: u8 = 1;
+pub const SCHED_MH: u8 = 2;
+
+/// Value of the services map.
+///
+/// Userspace replaces the whole value with one map update (atomic for a hash map), which is how a
+/// new scheduling table is published: it writes the inactive copy of the table first, then flips
+/// `table` here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Service {
+    /// Index into the per-service maps (tables, cursors, stats).
+    pub id: u32,
+    /// Which copy of the scheduling table (0 or 1) is live.
+    pub table: u32,
+    /// Persistence timeout in seconds; 0 = not persistent.
+    pub persist_timeout: u32,
+    pub sched: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The real's slot is in use by a service.
+pub const REAL_F_IN_USE: u32 = 1;
+
+/// Value of the reals array, indexed by real id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Real {
+    /// Real server address, network byte order.
+    pub addr: u32,
+    pub weight: u32,
+    pub service_id: u32,
+    /// Bumped every time the slot is given to a (new) real, so connection entries that still name
+    /// an old occupant of the slot are recognised and re-scheduled.
+    pub generation: u32,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// A scheduling table: the sequence of real ids new connections walk through (rr/wrr) or index
+/// by hash (mh). Entry `service_id * 2 + copy` of the tables array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SchedTable {
+    pub len: u32,
+    pub _pad: u32,
+    pub slots: [u32; SCHED_SLOTS],
+}
+
+impl Default for SchedTable {
+    fn default() -> Self {
+        Zeroable::zeroed()
+    }
+}
+
+/// Key of the connection table: the client's 5-tuple as it arrives at the director.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ConnKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Connection states as IPVS names them, seen from the client side only (tunnel mode).
+pub const CONN_SYN_RECV: u8 = 1;
+pub const CONN_ESTABLISHED: u8 = 2;
+pub const CONN_FIN_WAIT: u8 = 3;
+pub const CONN_CLOSE: u8 = 4;
+pub const CONN_UDP: u8 = 5;
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Conn {
+    pub real_id: u32,
+    pub real_gen: u32,
+    pub service_id: u32,
+    pub state: u8,
+    pub _pad: [u8; 3],
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// Seconds an entry in `state` stays valid without packets.
+pub const fn conn_timeout_secs(state: u8) -> u64 {
+    match state {
+        CONN_SYN_RECV => TIMEOUT_SYN_RECV,
+        CONN_ESTABLISHED => TIMEOUT_ESTABLISHED,
+        CONN_FIN_WAIT => TIMEOUT_FIN_WAIT,
+        CONN_CLOSE => TIMEOUT_CLOSE,
+        _ => TIMEOUT_UDP,
+    }
+}
+
+/// Per-CPU counters of a service or a real (inbound only: replies bypass the director).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Counters {
+    pub conns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Global settings of the director program, entry 0 of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// Outer source address of encapsulated packets, network byte order. 0 = not configured:
+    /// packets for services are then passed to the stack and counted.
+    pub tunnel_src: u32,
+    /// Number of possible CPUs, to spread the per-CPU scheduling cursors.
+    pub nr_cpus: u32,
+    /// Where the data path is attached (userspace bookkeeping; the programs do not read these).
+    pub ifindex: u32,
+    /// `ATTACH_*` flags.
+    pub attach: u32,
+    /// Value of `net.ipv4.conf.<iface>.forwarding` before attach, restored on detach
+    /// (`bpf_fib_lookup` answers only for interfaces that forward).
+    pub saved_forwarding: u32,
+    pub _pad: u32,
+}
+
+/// XDP is attached in generic (skb) mode because the driver has no native XDP.
+pub const ATTACH_XDP_GENERIC: u32 = 1;
+/// The TC program is attached through netlink (kernels before 6.6 have no TCX links).
+pub const ATTACH_TC_NETLINK: u32 = 2;
+/// Userspace enabled forwarding on the interface at attach.
+pub const ATTACH_SET_FORWARDING: u32 = 4;
+
+/// Why a packet left the director program the way it did: index into the reasons array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4 (ARP, IPv6, other ethertypes, more than one VLAN tag).
+    PassNotIpv4 = 0,
+    /// IPv4 but not TCP/UDP to a configured service.
+    PassNotService,
+    /// Headers shorter than they claim, or a bad IHL/length.
+    PassMalformed,
+    /// An IP fragment: only the first one has ports, so none can be matched to a connection.
+    PassFragment,
+    /// No tunnel source address configured.
+    PassNoTunnelSrc,
+    /// Encapsulated, neighbour not resolved: handed to the TC program that resolves it.
+    PassNoNeigh,
+    /// Encapsulated and sent with `XDP_TX`.
+    TxForwarded,
+    /// Encapsulated and sent with `bpf_redirect` to another interface.
+    RedirectForwarded,
+    /// A new connection was scheduled.
+    NewConn,
+    /// A non-SYN TCP packet had no connection entry (table pressure or a director restart).
+    NonSynMiss,
+    /// A connection entry named a real that was removed; the flow was scheduled again.
+    Rescheduled,
+    /// DF packet too big for the tunnel: ICMP fragmentation-needed sent to the client.
+    IcmpFragNeeded,
+    /// Non-DF packet too big for the tunnel: dropped (XDP cannot fragment).
+    DropTooBig,
+    /// The service has no real with weight > 0: ICMP port unreachable sent, as IPVS does.
+    NoRealUnreach,
+    /// The route to the real failed (unreachable, blackhole, prohibited): dropped.
+    DropNoRoute,
+    /// A helper that changes the packet size failed: dropped.
+    DropAdjust,
+    /// An ICMP error about a connection (e.g. fragmentation needed on the client's path) was
+    /// forwarded to that connection's real.
+    IcmpForwarded,
+    /// The connection table was full and the insert failed (LRU could not evict).
+    ConnInsertFail,
+}
+
+pub const REASON_COUNT: u32 = 18;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::PassNotIpv4,
+        Reason::PassNotService,
+        Reason::PassMalformed,
+        Reason::PassFragment,
+        Reason::PassNoTunnelSrc,
+        Reason::PassNoNeigh,
+        Reason::TxForwarded,
+        Reason::RedirectForwarded,
+        Reason::NewConn,
+        Reason::NonSynMiss,
+        Reason::Rescheduled,
+        Reason::IcmpFragNeeded,
+        Reason::DropTooBig,
+        Reason::NoRealUnreach,
+        Reason::DropNoRoute,
+        Reason::DropAdjust,
+        Reason::IcmpForwarded,
+        Reason::ConnInsertFail,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassNotService => "pass_not_service",
+            Reason::PassMalformed => "pass_malformed",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassNoTunnelSrc => "pass_no_tunnel_src",
+            Reason::PassNoNeigh => "pass_no_neigh",
+            Reason::TxForwarded => "tx_forwarded",
+            Reason::RedirectForwarded => "redirect_forwarded",
+            Reason::NewConn => "new_conn",
+            Reason::NonSynMiss => "nonsyn_miss",
+            Reason::Rescheduled => "rescheduled",
+            Reason::IcmpFragNeeded => "icmp_frag_needed",
+            Reason::DropTooBig => "drop_too_big",
+            Reason::NoRealUnreach => "no_real_unreach",
+            Reason::DropNoRoute => "drop_no_route",
+            Reason::DropAdjust => "drop_adjust",
+            Reason::IcmpForwarded => "icmp_forwarded",
+            Reason::ConnInsertFail => "conn_insert_fail",
+        }
+    }
+}
+
+/// Metadata the director's XDP program leaves in front of a packet it hands to the TC program
+/// because the next hop's neighbour entry is not resolved (XDP cannot queue for ARP; TC's
+/// `bpf_redirect_neigh` can).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NeighMeta {
+    pub magic: u32,
+    pub ifindex: u32,
+    /// Next hop (gateway or the real itself), network byte order.
+    pub nexthop: u32,
+}
+
+pub const NEIGH_META_MAGIC: u32 = 0x4c42_4e48; // "LBNH"
+
+/// Counters of the real-server decapsulation program, indices into its per-CPU array.
+pub const DECAP_PASS_OTHER: u32 = 0;
+pub const DECAP_DECAPSULATED: u32 = 1;
+pub const DECAP_DROP_UNKNOWN_DIRECTOR: u32 = 2;
+pub const DECAP_DROP_UNKNOWN_VIP: u32 = 3;
+pub const DECAP_DROP_MALFORMED: u32 = 4;
+pub const DECAP_COUNTERS: u32 = 5;
+
+/// Converts an address to the wire-order `u32` stored in the maps.
+pub const fn ip_be(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// Converts a port to the wire-order `u16` stored in the maps.
+pub const fn port_be(port: u16) -> u16 {
+    port.to_be()
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, and have no padding the compiler could leave
+    // uninitialised (every gap is an explicit `_pad` field), as bytemuck's Pod derive checks.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Real {}
+    unsafe impl aya::Pod for SchedTable {}
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for Conn {}
+    unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for Config {}
+}

@@ -1,0 +1,120 @@
+//! `lbadm`: the director's command line.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lb_userspace::{datapath, services::Maps};
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+
+#[derive(Parser)]
+#[command(name = "lbadm", version, about = "Layer-4 load balancer (LVS-TUN) on XDP")]
+struct Cli {
+    /// bpffs directory holding the pinned maps and links.
+    #[arg(long, global = true, default_value = datapath::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Attach the director's data path to the interface that receives client traffic.
+    Attach {
+        #[arg(long)]
+        iface: String,
+        /// Outer source address of tunnelled packets (default: the interface's first IPv4 address).
+        #[arg(long)]
+        tunnel_source: Option<Ipv4Addr>,
+        /// Use generic (skb) XDP even if the driver supports native XDP.
+        #[arg(long)]
+        generic: bool,
+    },
+    /// Detach the data path and remove its pinned maps.
+    Detach,
+    /// Show where the data path is attached and its packet counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbadm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Attach { iface, tunnel_source, generic } => {
+            let r = datapath::attach(&datapath::AttachOptions {
+                iface: iface.clone(),
+                pin_dir: cli.pin_dir.clone(),
+                tunnel_source,
+                generic,
+            })?;
+            for w in &r.warnings {
+                eprintln!("lbadm: warning: {w}");
+            }
+            println!(
+                "attached to {iface} ({} XDP), tunnel source {}, state pinned under {}",
+                if r.generic { "generic" } else { "native" },
+                r.tunnel_source,
+                cli.pin_dir.display()
+            );
+            if r.forwarding_enabled {
+                println!(
+                    "enabled net.ipv4.conf.{iface}.forwarding (bpf_fib_lookup needs it); detach restores it"
+                );
+            }
+        }
+        Cmd::Detach => {
+            let r = datapath::detach(&cli.pin_dir)?;
+            println!(
+                "detached{}",
+                r.iface.map(|i| format!(" from {i}")).unwrap_or_default()
+            );
+        }
+        Cmd::Status { json } => status(&cli.pin_dir, json)?,
+    }
+    Ok(())
+}
+
+fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let maps = Maps::open(pin_dir)?;
+    let cfg = maps.config()?;
+    let iface = datapath::ifname(cfg.ifindex).unwrap_or_else(|| format!("ifindex {}", cfg.ifindex));
+    let attached = datapath::is_attached(pin_dir);
+    let mode = if cfg.attach & lb_common::ATTACH_XDP_GENERIC != 0 { "generic" } else { "native" };
+    let reasons = maps.reasons().context("reading counters")?;
+    let services = maps.read()?;
+    if json {
+        let v = serde_json::json!({
+            "attached": attached,
+            "iface": iface,
+            "xdp_mode": mode,
+            "tunnel_source": Ipv4Addr::from(cfg.tunnel_src.to_ne_bytes()).to_string(),
+            "pin_dir": pin_dir,
+            "services": services.len(),
+            "counters": reasons.iter().map(|(r, n)| (r.name(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "data path: {} on {iface} ({mode} XDP), tunnel source {}",
+        if attached { "attached" } else { "NOT attached (maps only)" },
+        Ipv4Addr::from(cfg.tunnel_src.to_ne_bytes())
+    );
+    println!("pin dir:   {}", pin_dir.display());
+    println!("services:  {}", services.len());
+    println!("counters:");
+    for (r, n) in reasons {
+        println!("  {:<20} {n}", r.name());
+    }
+    Ok(())
+}

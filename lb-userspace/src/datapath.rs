@@ -1,0 +1,392 @@
+//! Loading, attaching and detaching the director's data path.
+//!
+//! Everything the data path needs outlives this process: the maps are pinned by name under the
+//! pin directory, and so are the XDP and TC links. Later `lbadm` invocations reopen them from
+//! there; `detach` removes them.
+
+use crate::{netlink, objects, sysctl};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc,
+    },
+};
+use lb_common::{
+    ATTACH_SET_FORWARDING, ATTACH_TC_NETLINK, ATTACH_XDP_GENERIC, Config, MAP_CONFIG, PROG_LB,
+    PROG_NEIGH,
+};
+use std::{
+    ffi::CString,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbadm";
+const XDP_LINK_PIN: &str = "link_xdp";
+const TC_LINK_PIN: &str = "link_tc";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("this needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach eBPF programs: run it as root")]
+    NotRoot,
+    #[error("no interface named `{0}`: pick one from `ip -br link`")]
+    NoSuchInterface(String),
+    #[error(
+        "{0} is not on a mounted bpffs: mount one with `mount -t bpf bpf /sys/fs/bpf`, or pass --pin-dir under a bpffs mount"
+    )]
+    NoBpffs(PathBuf),
+    #[error("the data path is not attached (nothing pinned under {0}): run `lbadm attach --iface IF`")]
+    NotAttached(PathBuf),
+    #[error("the data path is already attached (pinned under {0}): run `lbadm detach` first")]
+    AlreadyAttached(PathBuf),
+    #[error(
+        "interface `{0}` has no IPv4 address to use as the tunnel source: add one or pass --tunnel-source ADDR"
+    )]
+    NoTunnelSource(String),
+    #[error("this kernel cannot attach XDP to `{iface}` (neither native nor generic mode): {source}")]
+    NoXdp {
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("{what}: {source}")]
+    Bpf {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Sysctl(#[from] sysctl::SysctlError),
+    #[error(transparent)]
+    Netlink(#[from] netlink::NetlinkError),
+}
+
+pub type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+trait Ctx<T> {
+    fn ctx(self, what: &str) -> Result<T>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> Ctx<T> for std::result::Result<T, E> {
+    fn ctx(self, what: &str) -> Result<T> {
+        self.map_err(|e| DatapathError::Bpf { what: what.to_string(), source: Box::new(e) })
+    }
+}
+
+pub fn ensure_root() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(DatapathError::NotRoot);
+    }
+    Ok(())
+}
+
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// The pin directory must live on a bpffs; its parent is checked when it does not exist yet.
+/// Like bpftool, mount the standard bpffs at /sys/fs/bpf when nothing is mounted there (some
+/// minimal systems and containers boot without it).
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let probe = if pin_dir.exists() { pin_dir } else { pin_dir.parent().unwrap_or(Path::new("/")) };
+    if is_bpffs(probe) {
+        return Ok(());
+    }
+    let root = Path::new(BPFFS_ROOT);
+    if pin_dir.starts_with(root) && !is_bpffs(root) && root.is_dir() {
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                c"mode=0700".as_ptr().cast(),
+            )
+        };
+        if rc == 0 && is_bpffs(probe) {
+            return Ok(());
+        }
+    }
+    Err(DatapathError::NoBpffs(pin_dir.into()))
+}
+
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let c = CString::new(iface).map_err(|_| DatapathError::NoSuchInterface(iface.into()))?;
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(DatapathError::NoSuchInterface(iface.into())),
+        i => Ok(i),
+    }
+}
+
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    let s = unsafe { std::ffi::CStr::from_ptr(p) };
+    Some(s.to_string_lossy().into_owned())
+}
+
+/// Loads the director object with its maps pinned (or reopened) under `pin_dir`.
+pub fn load(pin_dir: &Path) -> Result<Ebpf> {
+    ensure_bpffs(pin_dir)?;
+    std::fs::create_dir_all(pin_dir).ctx(&format!("creating {}", pin_dir.display()))?;
+    EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(objects::LB)
+        .ctx("loading the director's eBPF object")
+}
+
+/// Removes every pin under `pin_dir` and the directory itself.
+pub fn remove_pins(pin_dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(pin_dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+}
+
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    pub iface: String,
+    pub pin_dir: PathBuf,
+    /// Outer source address; default: the first IPv4 address of the interface.
+    pub tunnel_source: Option<Ipv4Addr>,
+    /// Force generic (skb) mode instead of trying native first.
+    pub generic: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachReport {
+    pub ifindex: u32,
+    pub generic: bool,
+    pub tc_netlink: bool,
+    pub tunnel_source: Ipv4Addr,
+    pub forwarding_enabled: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Attaches the data path to `opts.iface`. On failure nothing is left behind.
+pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
+    ensure_root()?;
+    let ifindex = ifindex(&opts.iface)?;
+    ensure_bpffs(&opts.pin_dir)?;
+    if opts.pin_dir.join(XDP_LINK_PIN).exists() {
+        return Err(DatapathError::AlreadyAttached(opts.pin_dir.clone()));
+    }
+    let tunnel_source = match opts.tunnel_source {
+        Some(a) => a,
+        None => netlink::ipv4_addrs(ifindex)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DatapathError::NoTunnelSource(opts.iface.clone()))?,
+    };
+    let existed = opts.pin_dir.exists();
+    let mut undo = Undo { pin_dir: opts.pin_dir.clone(), remove_pins: !existed, iface: None };
+    let mut bpf = load(&opts.pin_dir)?;
+    let mut report = AttachReport {
+        ifindex,
+        generic: false,
+        tc_netlink: false,
+        tunnel_source,
+        forwarding_enabled: false,
+        warnings: Vec::new(),
+    };
+
+    let xdp: &mut Xdp = prog_mut(&mut bpf, PROG_LB)?;
+    xdp.load().ctx("loading the XDP program (verifier)")?;
+    let link_id = if opts.generic {
+        report.generic = true;
+        xdp.attach_to_if_index(ifindex, XdpMode::Skb)
+            .map_err(|source| DatapathError::NoXdp { iface: opts.iface.clone(), source })?
+    } else {
+        match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(id) => id,
+            Err(native) => {
+                report.generic = true;
+                report.warnings.push(format!(
+                    "{} has no native XDP ({native}); using generic mode, which is much slower",
+                    opts.iface
+                ));
+                xdp.attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map_err(|source| DatapathError::NoXdp { iface: opts.iface.clone(), source })?
+            }
+        }
+    };
+    let link = xdp.take_link(link_id).ctx("taking the XDP link")?;
+    let link: FdLink = link
+        .try_into()
+        .ctx("this kernel attached XDP without a bpf_link (needs Linux >= 5.9)")?;
+    link.pin(opts.pin_dir.join(XDP_LINK_PIN)).ctx("pinning the XDP link")?;
+
+    // TC ingress finishes what XDP cannot: packets whose next hop is not resolved yet.
+    undo.iface = Some(opts.iface.clone());
+    if let Err(e) = tc::qdisc_add_clsact(&opts.iface) {
+        // EEXIST: a clsact qdisc is already there, which is what we need.
+        if !matches!(&e, tc::TcError::IoError(io) if io.raw_os_error() == Some(libc::EEXIST))
+            && !e.to_string().contains("exists")
+        {
+            return Err(e).ctx("adding the clsact qdisc");
+        }
+    }
+    let cls: &mut SchedClassifier = prog_mut(&mut bpf, PROG_NEIGH)?;
+    cls.load().ctx("loading the TC program (verifier)")?;
+    let tc_id = cls
+        .attach(&opts.iface, TcAttachType::Ingress)
+        .ctx("attaching the TC ingress program")?;
+    let tc_link = cls.take_link(tc_id).ctx("taking the TC link")?;
+    match FdLink::try_from(tc_link) {
+        Ok(fd) => {
+            fd.pin(opts.pin_dir.join(TC_LINK_PIN)).ctx("pinning the TC link")?;
+        }
+        Err(_) => {
+            // Before Linux 6.6 (no TCX) the filter lives in the qdisc; keep it after we exit
+            // and remove it by name on detach.
+            report.tc_netlink = true;
+        }
+    }
+
+    let was = sysctl::read_u32(&format!("net.ipv4.conf.{}.forwarding", opts.iface))?;
+    if was == 0 {
+        sysctl::write(&format!("net.ipv4.conf.{}.forwarding", opts.iface), "1")?;
+        report.forwarding_enabled = true;
+    }
+    let mut attach = 0;
+    if report.generic {
+        attach |= ATTACH_XDP_GENERIC;
+    }
+    if report.tc_netlink {
+        attach |= ATTACH_TC_NETLINK;
+    }
+    if report.forwarding_enabled {
+        attach |= ATTACH_SET_FORWARDING;
+    }
+    let cfg = Config {
+        tunnel_src: lb_common::ip_be(tunnel_source.octets()),
+        nr_cpus: aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1),
+        ifindex,
+        attach,
+        saved_forwarding: was,
+        _pad: 0,
+    };
+    write_config(&mut bpf, &cfg)?;
+    undo.disarm();
+    Ok(report)
+}
+
+fn prog_mut<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = bpf.program_mut(name).ok_or_else(|| DatapathError::Bpf {
+        what: format!("program {name} missing from the object"),
+        source: "not found".into(),
+    })?;
+    p.try_into().ctx(&format!("program {name} has an unexpected type"))
+}
+
+fn write_config(bpf: &mut Ebpf, cfg: &Config) -> Result<()> {
+    let map = bpf.map_mut(MAP_CONFIG).ok_or_else(|| DatapathError::Bpf {
+        what: "map LB_CONFIG missing".into(),
+        source: "not found".into(),
+    })?;
+    let mut arr: Array<&mut MapData, Config> = Array::try_from(map).ctx("opening LB_CONFIG")?;
+    arr.set(0, cfg, 0).ctx("writing LB_CONFIG")
+}
+
+/// Cleans up a half-done attach.
+struct Undo {
+    pin_dir: PathBuf,
+    remove_pins: bool,
+    iface: Option<String>,
+}
+
+impl Undo {
+    fn disarm(&mut self) {
+        self.remove_pins = false;
+        self.iface = None;
+        self.pin_dir = PathBuf::new();
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if self.pin_dir.as_os_str().is_empty() {
+            return;
+        }
+        let _ = std::fs::remove_file(self.pin_dir.join(XDP_LINK_PIN));
+        let _ = std::fs::remove_file(self.pin_dir.join(TC_LINK_PIN));
+        if let Some(iface) = &self.iface {
+            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROG_NEIGH);
+        }
+        if self.remove_pins {
+            remove_pins(&self.pin_dir);
+        }
+    }
+}
+
+pub fn read_config(pin_dir: &Path) -> Result<Config> {
+    let path = pin_dir.join(MAP_CONFIG);
+    if !path.exists() {
+        return Err(DatapathError::NotAttached(pin_dir.into()));
+    }
+    let data = MapData::from_pin(&path).ctx("opening the pinned LB_CONFIG")?;
+    let map = aya::maps::Map::from_map_data(data).ctx("LB_CONFIG")?;
+    let arr: Array<MapData, Config> = Array::try_from(map).ctx("LB_CONFIG")?;
+    arr.get(&0, 0).ctx("reading LB_CONFIG")
+}
+
+pub fn is_attached(pin_dir: &Path) -> bool {
+    pin_dir.join(XDP_LINK_PIN).exists()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetachReport {
+    pub iface: Option<String>,
+    pub forwarding_restored: bool,
+}
+
+/// Detaches the data path and removes its pinned state.
+pub fn detach(pin_dir: &Path) -> Result<DetachReport> {
+    ensure_root()?;
+    ensure_bpffs(pin_dir)?;
+    if !pin_dir.exists() {
+        return Err(DatapathError::NotAttached(pin_dir.into()));
+    }
+    let cfg = read_config(pin_dir).ok();
+    let iface = cfg.and_then(|c| ifname(c.ifindex));
+    for pin in [XDP_LINK_PIN, TC_LINK_PIN] {
+        let path = pin_dir.join(pin);
+        if path.exists() {
+            // Unpinning drops the last reference to the link, which detaches it.
+            let link = PinnedLink::from_pin(&path).ctx(&format!("opening {}", path.display()))?;
+            let fd = link.unpin().ctx(&format!("unpinning {}", path.display()))?;
+            drop(fd);
+        }
+    }
+    let mut forwarding_restored = false;
+    if let (Some(cfg), Some(iface)) = (cfg, &iface) {
+        if cfg.attach & ATTACH_TC_NETLINK != 0 {
+            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROG_NEIGH);
+        }
+        if cfg.attach & ATTACH_SET_FORWARDING != 0 {
+            sysctl::write(
+                &format!("net.ipv4.conf.{iface}.forwarding"),
+                &cfg.saved_forwarding.to_string(),
+            )?;
+            forwarding_restored = true;
+        }
+    }
+    remove_pins(pin_dir);
+    Ok(DetachReport { iface, forwarding_restored })
+}

@@ -1,0 +1,467 @@
+//! The one place that changes the director's configuration maps.
+//!
+//! Callers describe the virtual services they want; [`Maps::apply`] takes the lock, works out
+//! the difference with what the maps hold, builds the scheduling tables and publishes them so
+//! the data path never sees a half-written table: reals first, then the inactive copy of each
+//! changed table, then the service entry that flips to it (one atomic hash-map update), and only
+//! then are removed reals retired.
+
+use crate::scheduler::{self, Candidate, Scheduler};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use lb_common::{
+    Config, Conn, ConnKey, Counters, IPPROTO_TCP, IPPROTO_UDP, MAP_CONFIG, MAP_CONNS,
+    MAP_CURSORS, MAP_REAL_STATS, MAP_REALS, MAP_REASONS, MAP_SERVICES, MAP_SVC_STATS, MAP_TABLES,
+    MAX_REALS, MAX_SERVICES, REAL_F_IN_USE, Real, SCHED_SLOTS, SchedTable, Service, ServiceKey,
+    ip_be,
+};
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    fs::File,
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("the data path is not attached (nothing pinned under {0}): run `lbadm attach --iface IF`")]
+    NotAttached(PathBuf),
+    #[error("cannot open the pinned map {name}: {source}")]
+    Open { name: &'static str, source: aya::maps::MapError },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Map { what: String, source: aya::maps::MapError },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("too many virtual services (the maximum is {MAX_SERVICES})")]
+    TooManyServices,
+    #[error("too many real servers (the maximum is {MAX_REALS} over all services)")]
+    TooManyReals,
+    #[error("service {0} has the real {1} twice")]
+    DuplicateReal(ServiceId, Ipv4Addr),
+    #[error("service {0} is listed twice")]
+    DuplicateService(ServiceId),
+}
+
+type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> ServiceError {
+    let what = what.into();
+    move |source| ServiceError::Map { what, source }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const fn raw(self) -> u8 {
+        match self {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        }
+    }
+
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            IPPROTO_TCP => Some(Protocol::Tcp),
+            IPPROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+/// A virtual service's identity: protocol, VIP and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ServiceId {
+    pub proto: Protocol,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+impl ServiceId {
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            addr: ip_be(self.addr.octets()),
+            port: self.port.to_be(),
+            proto: self.proto.raw(),
+            _pad: 0,
+        }
+    }
+
+    pub fn from_key(k: &ServiceKey) -> Option<Self> {
+        Some(ServiceId {
+            proto: Protocol::from_raw(k.proto)?,
+            addr: Ipv4Addr::from(k.addr.to_ne_bytes()),
+            port: u16::from_be(k.port),
+        })
+    }
+}
+
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}:{}", self.proto.name(), self.addr, self.port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RealServer {
+    pub addr: Ipv4Addr,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct VirtualService {
+    pub id: ServiceId,
+    pub sched: Scheduler,
+    /// Persistence timeout in seconds, 0 = none.
+    pub persistence: u32,
+    /// In scheduling order.
+    pub reals: Vec<RealServer>,
+}
+
+/// A service as the maps hold it, with the slot numbers userspace allocated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstalledService {
+    pub spec: VirtualService,
+    pub slot: u32,
+    pub table_copy: u32,
+    /// Slot in the reals array of each entry of `spec.reals`.
+    pub real_slots: Vec<u32>,
+}
+
+/// The director's maps, opened from their pins.
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, Service>,
+    pub reals: Array<MapData, Real>,
+    pub tables: Array<MapData, SchedTable>,
+    pub cursors: PerCpuArray<MapData, u32>,
+    pub conns: HashMap<MapData, ConnKey, Conn>,
+    pub svc_stats: PerCpuArray<MapData, Counters>,
+    pub real_stats: PerCpuArray<MapData, Counters>,
+    pub reasons: PerCpuArray<MapData, u64>,
+    pub config: Array<MapData, Config>,
+    pin_dir: PathBuf,
+}
+
+fn open_map(dir: &Path, name: &'static str) -> Result<Map> {
+    let data = MapData::from_pin(dir.join(name)).map_err(|source| ServiceError::Open { name, source })?;
+    Map::from_map_data(data).map_err(|source| ServiceError::Open { name, source })
+}
+
+macro_rules! typed {
+    ($dir:expr, $name:expr) => {
+        open_map($dir, $name)?
+            .try_into()
+            .map_err(|source| ServiceError::Open { name: $name, source })?
+    };
+}
+
+/// Holds the configuration lock (an exclusive `flock` on the pin directory) while alive.
+pub struct Lock(File);
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+impl Maps {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        if !pin_dir.join(MAP_SERVICES).exists() {
+            return Err(ServiceError::NotAttached(pin_dir.into()));
+        }
+        Ok(Maps {
+            services: typed!(pin_dir, MAP_SERVICES),
+            reals: typed!(pin_dir, MAP_REALS),
+            tables: typed!(pin_dir, MAP_TABLES),
+            cursors: typed!(pin_dir, MAP_CURSORS),
+            conns: typed!(pin_dir, MAP_CONNS),
+            svc_stats: typed!(pin_dir, MAP_SVC_STATS),
+            real_stats: typed!(pin_dir, MAP_REAL_STATS),
+            reasons: typed!(pin_dir, MAP_REASONS),
+            config: typed!(pin_dir, MAP_CONFIG),
+            pin_dir: pin_dir.into(),
+        })
+    }
+
+    /// Serialises writers: two `lbadm` processes (or the daemon and `lbadm`) never interleave
+    /// their read-modify-write of the tables.
+    pub fn lock(&self) -> Result<Lock> {
+        let f = File::open(&self.pin_dir)
+            .map_err(|source| ServiceError::Lock { path: self.pin_dir.clone(), source })?;
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(ServiceError::Lock {
+                path: self.pin_dir.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Lock(f))
+    }
+
+    /// Reads the installed services, sorted by id, reals in scheduling (slot) order.
+    pub fn read(&self) -> Result<Vec<InstalledService>> {
+        let mut by_slot: BTreeMap<u32, InstalledService> = BTreeMap::new();
+        for item in self.services.iter() {
+            let (k, v) = item.map_err(map_err("reading LB_SERVICES"))?;
+            let Some(id) = ServiceId::from_key(&k) else { continue };
+            let Some(sched) = Scheduler::from_raw(v.sched) else { continue };
+            by_slot.insert(
+                v.id,
+                InstalledService {
+                    spec: VirtualService {
+                        id,
+                        sched,
+                        persistence: v.persist_timeout,
+                        reals: Vec::new(),
+                    },
+                    slot: v.id,
+                    table_copy: v.table & 1,
+                    real_slots: Vec::new(),
+                },
+            );
+        }
+        for (slot, r) in self.reals.iter().enumerate() {
+            let r = r.map_err(map_err("reading LB_REALS"))?;
+            if r.flags & REAL_F_IN_USE == 0 {
+                continue;
+            }
+            if let Some(s) = by_slot.get_mut(&r.service_id) {
+                s.spec.reals.push(RealServer {
+                    addr: Ipv4Addr::from(r.addr.to_ne_bytes()),
+                    weight: r.weight,
+                });
+                s.real_slots.push(slot as u32);
+            }
+        }
+        let mut out: Vec<_> = by_slot.into_values().collect();
+        out.sort_by_key(|s| s.spec.id);
+        Ok(out)
+    }
+
+    /// Makes the maps hold exactly `want`, touching only what differs.
+    pub fn apply(&mut self, want: &[VirtualService]) -> Result<()> {
+        let _lock = self.lock()?;
+        self.apply_locked(want)
+    }
+
+    /// [`Maps::apply`] for a caller that already holds [`Maps::lock`].
+    pub fn apply_locked(&mut self, want: &[VirtualService]) -> Result<()> {
+        let mut seen = HashSet::new();
+        for s in want {
+            if !seen.insert(s.id) {
+                return Err(ServiceError::DuplicateService(s.id));
+            }
+            let mut addrs = HashSet::new();
+            for r in &s.reals {
+                if !addrs.insert(r.addr) {
+                    return Err(ServiceError::DuplicateReal(s.id, r.addr));
+                }
+            }
+        }
+        let current = self.read()?;
+        let cur_by_id: std::collections::HashMap<ServiceId, &InstalledService> =
+            current.iter().map(|s| (s.spec.id, s)).collect();
+
+        // Plan slots before writing anything, so running out fails cleanly.
+        let mut used_svc: HashSet<u32> = current.iter().map(|s| s.slot).collect();
+        let mut used_real: HashSet<u32> =
+            current.iter().flat_map(|s| s.real_slots.iter().copied()).collect();
+        let want_ids: HashSet<ServiceId> = want.iter().map(|s| s.id).collect();
+        // Slots of services and reals that go away are not reused within this apply, so an
+        // old connection can never see a new occupant under the same generation.
+        let mut next_svc = 0u32;
+        let mut next_real = 0u32;
+        struct Planned<'a> {
+            spec: &'a VirtualService,
+            slot: u32,
+            is_new: bool,
+            real_slots: Vec<(u32, bool)>,
+        }
+        let mut plan = Vec::with_capacity(want.len());
+        for s in want {
+            let (slot, is_new) = match cur_by_id.get(&s.id) {
+                Some(c) => (c.slot, false),
+                None => {
+                    while used_svc.contains(&next_svc) {
+                        next_svc += 1;
+                    }
+                    if next_svc >= MAX_SERVICES {
+                        return Err(ServiceError::TooManyServices);
+                    }
+                    used_svc.insert(next_svc);
+                    (next_svc, true)
+                }
+            };
+            let mut real_slots = Vec::with_capacity(s.reals.len());
+            for r in &s.reals {
+                let existing = cur_by_id.get(&s.id).and_then(|c| {
+                    c.spec.reals.iter().position(|cr| cr.addr == r.addr).map(|i| c.real_slots[i])
+                });
+                match existing {
+                    Some(rs) => real_slots.push((rs, false)),
+                    None => {
+                        while used_real.contains(&next_real) {
+                            next_real += 1;
+                        }
+                        if next_real >= MAX_REALS {
+                            return Err(ServiceError::TooManyReals);
+                        }
+                        used_real.insert(next_real);
+                        real_slots.push((next_real, true));
+                    }
+                }
+            }
+            plan.push(Planned { spec: s, slot, is_new, real_slots });
+        }
+
+        // 1. Reals: new ones get a fresh generation and zeroed counters.
+        for p in &plan {
+            for (r, &(rslot, is_new)) in p.spec.reals.iter().zip(&p.real_slots) {
+                let old = self.reals.get(&rslot, 0).map_err(map_err("reading LB_REALS"))?;
+                let mut next = old;
+                if is_new {
+                    next = Real {
+                        addr: ip_be(r.addr.octets()),
+                        weight: r.weight,
+                        service_id: p.slot,
+                        generation: old.generation.wrapping_add(1),
+                        flags: REAL_F_IN_USE,
+                        _pad: 0,
+                    };
+                    self.zero_real_stats(rslot)?;
+                } else {
+                    next.weight = r.weight;
+                }
+                if next != old {
+                    self.reals.set(rslot, next, 0).map_err(map_err("writing LB_REALS"))?;
+                }
+            }
+        }
+
+        // 2. Tables, then the service entries that point at them.
+        for p in &plan {
+            let candidates: Vec<Candidate> = p
+                .spec
+                .reals
+                .iter()
+                .zip(&p.real_slots)
+                .map(|(r, &(id, _))| Candidate { id, addr: ip_be(r.addr.octets()), weight: r.weight })
+                .collect();
+            let slots = scheduler::build(p.spec.sched, &candidates);
+            let mut table = SchedTable::default();
+            table.len = slots.len() as u32;
+            table.slots[..slots.len().min(SCHED_SLOTS)].copy_from_slice(&slots[..slots.len().min(SCHED_SLOTS)]);
+
+            let cur = cur_by_id.get(&p.spec.id);
+            let active = cur.map(|c| c.table_copy).unwrap_or(1);
+            let live_idx = p.slot * 2 + active;
+            let same_table = !p.is_new
+                && self.tables.get(&live_idx, 0).map_err(map_err("reading LB_TABLES"))? == table;
+            let same_svc = cur.is_some_and(|c| {
+                c.spec.sched == p.spec.sched && c.spec.persistence == p.spec.persistence
+            });
+            if same_table && same_svc {
+                continue;
+            }
+            let copy = if same_table { active } else { 1 - active };
+            if !same_table {
+                self.tables
+                    .set(p.slot * 2 + copy, table, 0)
+                    .map_err(map_err("writing LB_TABLES"))?;
+            }
+            if p.is_new {
+                self.zero_svc_stats(p.slot)?;
+            }
+            let svc = Service {
+                id: p.slot,
+                table: copy,
+                persist_timeout: p.spec.persistence,
+                sched: p.spec.sched.to_raw(),
+                flags: 0,
+                _pad: [0; 2],
+            };
+            self.services
+                .insert(p.spec.id.key(), svc, 0)
+                .map_err(map_err(format!("writing service {}", p.spec.id)))?;
+        }
+
+        // 3. Retire what is gone: services first, so no new packet reaches a retired real.
+        for c in &current {
+            if !want_ids.contains(&c.spec.id) {
+                self.services
+                    .remove(&c.spec.id.key())
+                    .map_err(map_err(format!("removing service {}", c.spec.id)))?;
+            }
+        }
+        let keep: HashSet<u32> =
+            plan.iter().flat_map(|p| p.real_slots.iter().map(|&(s, _)| s)).collect();
+        for c in &current {
+            for &rslot in &c.real_slots {
+                if !keep.contains(&rslot) {
+                    let mut r = self.reals.get(&rslot, 0).map_err(map_err("reading LB_REALS"))?;
+                    r.flags &= !REAL_F_IN_USE;
+                    self.reals.set(rslot, r, 0).map_err(map_err("writing LB_REALS"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn zero_svc_stats(&mut self, slot: u32) -> Result<()> {
+        self.svc_stats.set(slot, zeros()?, 0).map_err(map_err("zeroing LB_SVC_STATS"))?;
+        self.cursors.set(slot, zeros()?, 0).map_err(map_err("zeroing LB_CURSORS"))
+    }
+
+    fn zero_real_stats(&mut self, slot: u32) -> Result<()> {
+        self.real_stats.set(slot, zeros()?, 0).map_err(map_err("zeroing LB_REAL_STATS"))
+    }
+
+    pub fn service_stats(&self, slot: u32) -> Result<Counters> {
+        sum(self.svc_stats.get(&slot, 0).map_err(map_err("reading LB_SVC_STATS"))?)
+    }
+
+    pub fn real_stats(&self, slot: u32) -> Result<Counters> {
+        sum(self.real_stats.get(&slot, 0).map_err(map_err("reading LB_REAL_STATS"))?)
+    }
+
+    /// Global reason counters, summed over CPUs, in [`lb_common::Reason::ALL`] order.
+    pub fn reasons(&self) -> Result<Vec<(lb_common::Reason, u64)>> {
+        lb_common::Reason::ALL
+            .iter()
+            .map(|&r| {
+                let v = self.reasons.get(&(r as u32), 0).map_err(map_err("reading LB_REASONS"))?;
+                Ok((r, v.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).map_err(map_err("reading LB_CONFIG"))
+    }
+}
+
+fn zeros<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
+    let n = aya::util::nr_cpus().map_err(|(_, source)| ServiceError::Io { what: "counting CPUs".into(), source })?;
+    PerCpuValues::try_from(vec![T::default(); n])
+        .map_err(|source| ServiceError::Io { what: "per-CPU values".into(), source })
+}
+
+fn sum(v: PerCpuValues<Counters>) -> Result<Counters> {
+    Ok(v.iter().fold(Counters::default(), |a, c| Counters {
+        conns: a.conns + c.conns,
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    }))
+}

@@ -1,0 +1,4 @@
+pub mod netns;
+pub mod testbed;
+pub mod fixture;
+pub mod packet;

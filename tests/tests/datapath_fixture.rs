@@ -1,0 +1,406 @@
+//! The director's XDP program on crafted frames through `BPF_PROG_TEST_RUN`: exact output
+//! bytes and actions.
+
+use lb_common::Reason;
+use lb_tests::{fixture::*, packet::*};
+use lb_userspace::{
+    scheduler::Scheduler,
+    services::{Protocol, RealServer, ServiceId, VirtualService},
+};
+use std::net::Ipv4Addr;
+
+const PORT: u16 = 6033;
+
+fn svc(sched: Scheduler, reals: &[(Ipv4Addr, u32)]) -> VirtualService {
+    VirtualService {
+        id: ServiceId { proto: Protocol::Tcp, addr: VIP, port: PORT },
+        sched,
+        persistence: 0,
+        reals: reals.iter().map(|&(addr, weight)| RealServer { addr, weight }).collect(),
+    }
+}
+
+fn syn(sport: u16) -> Vec<u8> {
+    client_tcp(CLIENT, sport, VIP, PORT, TCP_SYN, b"")
+}
+
+fn ack(sport: u16, payload: &[u8]) -> Vec<u8> {
+    client_tcp(CLIENT, sport, VIP, PORT, TCP_ACK | TCP_PSH, payload)
+}
+
+/// Which real an encapsulated frame goes to, checking it is a well-formed LVS-TUN frame.
+fn real_of(f: &Fixture, input: &[u8]) -> Ipv4Addr {
+    let o = f.run(input).unwrap();
+    assert_eq!(o.action, XDP_TX, "not forwarded: {:?}", o.data);
+    assert_eq!(o.data.len(), input.len() + 20);
+    outer_dst(&o.data)
+}
+
+#[test]
+fn syn_is_encapsulated_exactly() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
+    let mut ip = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 40000, VIP, PORT, TCP_SYN, 7, b""));
+    ip.tos = 0xb8; // DSCP EF
+    ip.ttl = 57;
+    let inner = ip.bytes();
+    let frame = eth(f.mac, CLIENT_MAC, ETH_P_IP, &inner);
+    let o = f.run(&frame).unwrap();
+    assert_eq!(o.action, XDP_TX);
+    let mut want = eth(REAL1_MAC, f.mac, ETH_P_IP, &expected_outer(&inner, DIRECTOR, REAL1));
+    want.extend_from_slice(&inner);
+    assert_eq!(o.data, want);
+    // The outer header checks out on its own too.
+    assert_eq!(csum(&o.data[14..34]), 0);
+    assert_eq!(reason(&f.maps, Reason::NewConn), 1);
+    assert_eq!(reason(&f.maps, Reason::TxForwarded), 1);
+}
+
+#[test]
+fn later_packets_follow_their_connection() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1), (REAL3, 1)])]).unwrap();
+    for sport in 41000..41030u16 {
+        let first = real_of(&f, &syn(sport));
+        for i in 0..4 {
+            assert_eq!(real_of(&f, &ack(sport, &[i; 100])), first, "flow {sport} moved");
+        }
+    }
+    assert_eq!(reason(&f.maps, Reason::NewConn), 30);
+    assert_eq!(reason(&f.maps, Reason::NonSynMiss), 0);
+}
+
+#[test]
+fn wrr_three_to_one_is_exact_on_one_cpu() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 3), (REAL2, 1)])]).unwrap();
+    let mut n1 = 0;
+    let mut seq = Vec::new();
+    for i in 0..1000u16 {
+        let r = real_of(&f, &syn(20000 + i));
+        if r == REAL1 {
+            n1 += 1;
+        }
+        seq.push(r);
+    }
+    assert_eq!((n1, 1000 - n1), (750, 250));
+    // Interleaved, not in bursts: never three REAL1 in a row... except across the cycle edge,
+    // and REAL2 never twice in a row.
+    assert!(seq.windows(2).all(|w| !(w[0] == REAL2 && w[1] == REAL2)));
+    assert!(seq.windows(4).all(|w| w.iter().filter(|&&r| r == REAL1).count() == 3));
+}
+
+#[test]
+fn weight_zero_quiesces_without_breaking_existing_flows() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1)])]).unwrap();
+    let mut on_real2 = None;
+    for sport in 30000..30010u16 {
+        if real_of(&f, &syn(sport)) == REAL2 {
+            on_real2 = Some(sport);
+        }
+    }
+    let old = on_real2.expect("rr gave REAL2 nothing");
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 0)])]).unwrap();
+    for sport in 31000..31050u16 {
+        assert_eq!(real_of(&f, &syn(sport)), REAL1, "a new flow went to a quiesced real");
+    }
+    assert_eq!(real_of(&f, &ack(old, b"still here")), REAL2, "existing flow was moved");
+}
+
+#[test]
+fn removed_real_flows_are_rescheduled() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1)])]).unwrap();
+    let mut on_real2 = Vec::new();
+    for sport in 32000..32010u16 {
+        if real_of(&f, &syn(sport)) == REAL2 {
+            on_real2.push(sport);
+        }
+    }
+    assert!(!on_real2.is_empty());
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
+    for &sport in &on_real2 {
+        assert_eq!(real_of(&f, &ack(sport, b"x")), REAL1);
+        // and it stays there
+        assert_eq!(real_of(&f, &ack(sport, b"y")), REAL1);
+    }
+    assert_eq!(reason(&f.maps, Reason::Rescheduled), on_real2.len() as u64);
+}
+
+#[test]
+fn other_traffic_passes_untouched() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
+    let other_ip = Ipv4Addr::new(198, 18, 0, 200);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("non-VIP address", client_tcp(CLIENT, 1, other_ip, PORT, TCP_SYN, b"")),
+        ("other port", client_tcp(CLIENT, 1, VIP, 3306, TCP_SYN, b"")),
+        (
+            "other protocol (UDP to a TCP service)",
+            eth(f.mac, CLIENT_MAC, ETH_P_IP, &Ipv4::new(CLIENT, VIP, 17, udp(CLIENT, 1, VIP, PORT, b"q")).bytes()),
+        ),
+        ("GRE", eth(f.mac, CLIENT_MAC, ETH_P_IP, &Ipv4::new(CLIENT, VIP, 47, vec![0; 24]).bytes())),
+        ("ARP", eth([0xff; 6], CLIENT_MAC, ETH_P_ARP, &[0u8; 28])),
+        ("IPv6", eth(f.mac, CLIENT_MAC, ETH_P_IPV6, &[0x60, 0, 0, 0, 0, 8, 6, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, 2, 0, 0, 0, 0])),
+        ("ICMP echo to the VIP", eth(f.mac, CLIENT_MAC, ETH_P_IP, &Ipv4::new(CLIENT, VIP, 1, vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0]).bytes())),
+    ];
+    for (what, frame) in cases {
+        let o = f.run(&frame).unwrap();
+        assert_eq!(o.action, XDP_PASS, "{what}");
+        assert_eq!(o.data, frame, "{what} was modified");
+    }
+    assert_eq!(reason(&f.maps, Reason::NewConn), 0);
+}
+
+#[test]
+fn ipv4_options_are_skipped_and_kept() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL2, 1)])]).unwrap();
+    let mut ip = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 40001, VIP, PORT, TCP_SYN, 1, b""));
+    ip.options = vec![0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x00]; // router alert + NOPs + EOL
+    let inner = ip.bytes();
+    let o = f.run(&eth(f.mac, CLIENT_MAC, ETH_P_IP, &inner)).unwrap();
+    assert_eq!(o.action, XDP_TX);
+    let mut want = eth(REAL2_MAC, f.mac, ETH_P_IP, &expected_outer(&inner, DIRECTOR, REAL2));
+    want.extend_from_slice(&inner);
+    assert_eq!(o.data, want);
+}
+
+#[test]
+fn truncated_frames_are_never_forwarded() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
+    let full = syn(45000);
+    // Every cut from nothing up to the end of the TCP header.
+    for len in 0..full.len() {
+        let cut = &full[..len];
+        let o = f.run(cut);
+        let o = match o {
+            Ok(o) => o,
+            // The kernel refuses frames shorter than an Ethernet header before running us.
+            Err(_) if len < 14 => continue,
+            Err(e) => panic!("len {len}: {e:#}"),
+        };
+        assert_eq!(o.action, XDP_PASS, "len {len}");
+        assert_eq!(o.data, cut, "len {len} modified");
+    }
+    // A frame whose IP length claims more than is there.
+    let mut lying = full.clone();
+    lying[16..18].copy_from_slice(&1000u16.to_be_bytes());
+    let o = f.run(&lying).unwrap();
+    assert_eq!((o.action, o.data), (XDP_PASS, lying));
+    assert_eq!(reason(&f.maps, Reason::NewConn), 0);
+}
+
+#[test]
+fn fragments_go_to_the_stack() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
+    // A non-first fragment has no TCP header: bytes where the ports would be are payload.
+    let mut ip = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 40002, VIP, PORT, TCP_ACK, 1, &[7; 64]));
+    ip.df = false;
+    ip.frag_offset = 185;
+    let frame = eth(f.mac, CLIENT_MAC, ETH_P_IP, &ip.bytes());
+    let o = f.run(&frame).unwrap();
+    assert_eq!((o.action, &o.data), (XDP_PASS, &frame));
+    // The first fragment (MF set) is passed too: the rest could not follow it.
+    ip.frag_offset = 0;
+    ip.mf = true;
+    let frame = eth(f.mac, CLIENT_MAC, ETH_P_IP, &ip.bytes());
+    let o = f.run(&frame).unwrap();
+    assert_eq!((o.action, &o.data), (XDP_PASS, &frame));
+    assert_eq!(reason(&f.maps, Reason::PassFragment), 2);
+}
+
+#[test]
+fn oversized_df_packet_gets_frag_needed() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
+    real_of(&f, &syn(46000));
+    // 1500 bytes of IP: 1520 with the outer header, over the 1500-byte MTU.
+    let payload = vec![0x5a; 1500 - 40];
+    let inner = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 46000, VIP, PORT, TCP_ACK, 99, &payload)).bytes();
+    let frame = eth(f.mac, CLIENT_MAC, ETH_P_IP, &inner);
+    let o = f.run(&frame).unwrap();
+    assert_eq!(o.action, XDP_TX);
+    // Ethernet back to the client, IP from the VIP, ICMP 3/4 with MTU 1480, quoting the
+    // original IP header and 8 bytes of TCP.
+    let quote = &inner[..28];
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&1480u16.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let c = csum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = Ipv4::new(VIP, CLIENT, 1, icmp);
+    ip.tos = 0xc0;
+    ip.id = 0;
+    ip.df = false;
+    let want = eth(CLIENT_MAC, f.mac, ETH_P_IP, &ip.bytes());
+    assert_eq!(o.data, want);
+    assert_eq!(reason(&f.maps, Reason::IcmpFragNeeded), 1);
+
+    // Just fits: 1480 bytes of IP.
+    let fits = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 46000, VIP, PORT, TCP_ACK, 99, &payload[..1440])).bytes();
+    let o = f.run(&eth(f.mac, CLIENT_MAC, ETH_P_IP, &fits)).unwrap();
+    assert_eq!((o.action, o.data.len()), (XDP_TX, 14 + 1500));
+
+    // Without DF there is nothing to tell the client: dropped and counted.
+    let mut nodf = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 46000, VIP, PORT, TCP_ACK, 99, &payload));
+    nodf.df = false;
+    let o = f.run(&eth(f.mac, CLIENT_MAC, ETH_P_IP, &nodf.bytes())).unwrap();
+    assert_eq!(o.action, XDP_DROP);
+    assert_eq!(reason(&f.maps, Reason::DropTooBig), 1);
+}
+
+#[test]
+fn no_real_answers_port_unreachable() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 0)])]).unwrap();
+    let frame = syn(47000);
+    let o = f.run(&frame).unwrap();
+    assert_eq!(o.action, XDP_TX);
+    assert_eq!(&o.data[0..6], &CLIENT_MAC);
+    assert_eq!(o.data[23], 1, "not ICMP");
+    assert_eq!((o.data[34], o.data[35]), (3, 3), "not port unreachable");
+    assert_eq!(&o.data[42..], &frame[14..14 + 28], "wrong quote");
+    assert_eq!(csum(&o.data[34..]), 0, "bad ICMP checksum");
+    assert_eq!(csum(&o.data[14..34]), 0, "bad IP checksum");
+    assert_eq!(reason(&f.maps, Reason::NoRealUnreach), 1);
+}
+
+#[test]
+fn vlan_tag_is_kept() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
+    let inner = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 48000, VIP, PORT, TCP_SYN, 1, b"")).bytes();
+    let frame = eth_vlan(f.mac, CLIENT_MAC, 42, ETH_P_IP, &inner);
+    let o = f.run(&frame).unwrap();
+    assert_eq!(o.action, XDP_TX);
+    let mut want = eth_vlan(REAL1_MAC, f.mac, 42, ETH_P_IP, &expected_outer(&inner, DIRECTOR, REAL1));
+    want.extend_from_slice(&inner);
+    assert_eq!(o.data, want);
+}
+
+#[test]
+fn next_hop_behind_a_gateway_uses_its_mac() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL_REMOTE, 1)])]).unwrap();
+    let o = f.run(&syn(49000)).unwrap();
+    assert_eq!(o.action, XDP_TX);
+    assert_eq!(&o.data[0..6], &GATEWAY_MAC);
+    assert_eq!(outer_dst(&o.data), REAL_REMOTE);
+}
+
+#[test]
+fn unresolved_neighbour_is_handed_to_tc_not_dropped() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL_UNRESOLVED, 1)])]).unwrap();
+    let frame = syn(49500);
+    let o = f.run(&frame).unwrap();
+    assert_eq!(o.action, XDP_PASS);
+    // Output starts with the metadata: magic, ifindex, next hop; then the encapsulated frame.
+    let meta: [u32; 3] = bytemuck::pod_read_unaligned(&o.data[..12]);
+    assert_eq!(meta[0], lb_common::NEIGH_META_MAGIC);
+    assert_eq!(meta[1], f.ifindex);
+    assert_eq!(meta[2], u32::from_ne_bytes(REAL_UNRESOLVED.octets()));
+    let encap = &o.data[12..];
+    assert_eq!(encap.len(), frame.len() + 20);
+    assert_eq!(outer_dst(encap), REAL_UNRESOLVED);
+    assert_eq!(&encap[34..], &frame[14..]);
+    assert_eq!(reason(&f.maps, Reason::PassNoNeigh), 1);
+}
+
+#[test]
+fn tcp_states_and_nonsyn_misses_are_tracked() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
+    let key = lb_common::ConnKey {
+        saddr: u32::from_ne_bytes(CLIENT.octets()),
+        daddr: u32::from_ne_bytes(VIP.octets()),
+        sport: 50000u16.to_be(),
+        dport: PORT.to_be(),
+        proto: 6,
+        _pad: [0; 3],
+    };
+    let state = |f: &Fixture| f.maps.conns.get(&key, 0).unwrap().state;
+    real_of(&f, &syn(50000));
+    assert_eq!(state(&f), lb_common::CONN_SYN_RECV);
+    real_of(&f, &ack(50000, b""));
+    assert_eq!(state(&f), lb_common::CONN_ESTABLISHED);
+    real_of(&f, &client_tcp(CLIENT, 50000, VIP, PORT, TCP_FIN | TCP_ACK, b""));
+    assert_eq!(state(&f), lb_common::CONN_FIN_WAIT);
+    real_of(&f, &ack(50000, b""));
+    assert_eq!(state(&f), lb_common::CONN_FIN_WAIT, "an ACK after FIN re-opened it");
+    // A mid-stream packet of a connection we never saw.
+    real_of(&f, &ack(50001, b"hello"));
+    assert_eq!(reason(&f.maps, Reason::NonSynMiss), 1);
+    // An RST without an entry is forwarded but leaves no state.
+    real_of(&f, &client_tcp(CLIENT, 50002, VIP, PORT, TCP_RST, b""));
+    let rst_key = lb_common::ConnKey { sport: 50002u16.to_be(), ..key };
+    assert!(f.maps.conns.get(&rst_key, 0).is_err());
+}
+
+#[test]
+fn udp_flows_are_pinned_too() {
+    let mut f = Fixture::new().unwrap();
+    let mut s = svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1)]);
+    s.id.proto = Protocol::Udp;
+    f.apply(&[s]).unwrap();
+    let dgram = |sport: u16| {
+        eth(f.mac, CLIENT_MAC, ETH_P_IP, &Ipv4::new(CLIENT, VIP, 17, udp(CLIENT, sport, VIP, PORT, b"query")).bytes())
+    };
+    for sport in 5000..5010u16 {
+        let first = real_of(&f, &dgram(sport));
+        assert_eq!(real_of(&f, &dgram(sport)), first);
+    }
+}
+
+#[test]
+fn icmp_errors_for_a_connection_reach_its_real() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1)])]).unwrap();
+    let r1 = real_of(&f, &syn(51000));
+    let r2 = real_of(&f, &syn(51001));
+    assert_ne!(r1, r2);
+    // A router on the client's path says the real's reply (VIP:6033 -> client) was too big.
+    for (sport, want) in [(51000u16, r1), (51001, r2)] {
+        let reply = Ipv4::new(VIP, CLIENT, 6, tcp(VIP, PORT, CLIENT, sport, TCP_ACK, 5, &[0; 8])).bytes();
+        let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+        icmp.extend_from_slice(&reply[..28]);
+        let c = csum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let router = Ipv4Addr::new(198, 18, 0, 1);
+        let frame = eth(f.mac, CLIENT_MAC, ETH_P_IP, &Ipv4::new(router, VIP, 1, icmp).bytes());
+        assert_eq!(real_of(&f, &frame), want);
+    }
+    assert_eq!(reason(&f.maps, Reason::IcmpForwarded), 2);
+}
+
+#[test]
+fn decap_strips_only_from_directors_to_vips() {
+    let f = DecapFixture::new(&[DIRECTOR], &[VIP]).unwrap();
+    let inner = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 40000, VIP, PORT, TCP_SYN, 7, b"")).bytes();
+    let wrap = |src: Ipv4Addr, inner: &[u8]| {
+        let mut outer = expected_outer(inner, src, REAL1);
+        outer.extend_from_slice(inner);
+        eth(REAL1_MAC, DIRECTOR_MAC, ETH_P_IP, &outer)
+    };
+    let o = f.run(&wrap(DIRECTOR, &inner)).unwrap();
+    assert_eq!(o.action, XDP_PASS);
+    assert_eq!(o.data, eth(REAL1_MAC, DIRECTOR_MAC, ETH_P_IP, &inner));
+
+    let o = f.run(&wrap(Ipv4Addr::new(198, 18, 0, 66), &inner)).unwrap();
+    assert_eq!(o.action, XDP_DROP, "IPIP from a stranger must be dropped");
+    let other_vip = Ipv4::new(CLIENT, Ipv4Addr::new(198, 18, 0, 101), 6, vec![0; 20]).bytes();
+    let o = f.run(&wrap(DIRECTOR, &other_vip)).unwrap();
+    assert_eq!(o.action, XDP_DROP, "IPIP to an unknown VIP must be dropped");
+    let plain = client_tcp(CLIENT, 1, REAL1, 22, TCP_SYN, b"");
+    let o = f.run(&plain).unwrap();
+    assert_eq!((o.action, o.data), (XDP_PASS, plain));
+    let c = f.counters().unwrap();
+    assert_eq!(c[lb_common::DECAP_DECAPSULATED as usize], 1);
+    assert_eq!(c[lb_common::DECAP_DROP_UNKNOWN_DIRECTOR as usize], 1);
+    assert_eq!(c[lb_common::DECAP_DROP_UNKNOWN_VIP as usize], 1);
+    assert_eq!(c[lb_common::DECAP_PASS_OTHER as usize], 1);
+}

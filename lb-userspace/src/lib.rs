@@ -2,6 +2,7 @@
 //! configuration maps.
 
 pub mod datapath;
+pub mod decap;
 pub mod netlink;
 pub mod scheduler;
 pub mod services;

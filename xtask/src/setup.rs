@@ -144,6 +144,8 @@ fn ensure_toolchain(ctx: &Ctx) -> Result<Toolchain> {
                     "minimal",
                     "--component",
                     "rust-src",
+                    // Leave rustup itself alone (CI machines have no say in that).
+                    "--no-self-update",
                 ])
                 .stdin(Stdio::null());
             ctx.run(&mut install)?;

@@ -17,6 +17,8 @@ pub const MAP_SVC_STATS: &str = "LB_SVC_STATS";
 pub const MAP_REAL_STATS: &str = "LB_REAL_STATS";
 pub const MAP_REASONS: &str = "LB_REASONS";
 pub const MAP_CONFIG: &str = "LB_CONFIG";
+pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
+pub const MAP_NEXTHOPS: &str = "LB_NEXTHOPS";
 pub const MAP_DECAP_DIRS: &str = "DECAP_DIRS";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
@@ -35,6 +37,21 @@ pub const MH_TABLE_LEN: u32 = 1021;
 /// Connection-table capacity (LRU: the least recently used entry is evicted when full).
 pub const MAX_CONNS: u32 = 262_144;
 pub const MAX_DECAP_ENTRIES: u32 = 256;
+
+/// Bits of the VIP pre-filter: a set bit means "some service may have this destination", so
+/// the common non-VIP packet leaves after one inlined array read instead of a hash lookup.
+pub const VIP_FILTER_BITS: u32 = 1 << 16;
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
+
+/// The filter bit of a destination address (wire order).
+pub const fn vip_filter_bit(addr_be: u32) -> u32 {
+    u32::from_be(addr_be).wrapping_mul(0x9E37_79B1) >> 16
+}
+
+/// How long a CPU reuses a next hop it got from `bpf_fib_lookup` before asking again: routing
+/// or neighbour changes reach the data path within this time, and a lookup (about 150 ns) is
+/// paid at most once per real, CPU and period instead of per packet.
+pub const NEXTHOP_TTL_NS: u64 = 100_000_000;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -194,6 +211,20 @@ pub const ATTACH_TC_NETLINK: u32 = 2;
 /// Userspace enabled forwarding on the interface at attach.
 pub const ATTACH_SET_FORWARDING: u32 = 4;
 
+/// A CPU's cached answer of `bpf_fib_lookup` for one real (per-CPU array indexed by real id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NextHop {
+    /// When the lookup was made (`bpf_ktime_get_ns`); 0 = empty.
+    pub stamp_ns: u64,
+    /// The real's generation the answer is for.
+    pub real_gen: u32,
+    pub ifindex: u32,
+    pub mtu: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
 /// Why a packet left the director program the way it did: index into the reasons array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -330,4 +361,5 @@ mod user {
     unsafe impl aya::Pod for Conn {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for NextHop {}
 }

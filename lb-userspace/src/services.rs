@@ -11,6 +11,7 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
     Config, Conn, ConnKey, Counters, IPPROTO_TCP, IPPROTO_UDP, MAP_CONFIG, MAP_CONNS,
     MAP_CURSORS, MAP_REAL_STATS, MAP_REALS, MAP_REASONS, MAP_SERVICES, MAP_SVC_STATS, MAP_TABLES,
+    MAP_VIP_FILTER, VIP_FILTER_WORDS, vip_filter_bit,
     MAX_REALS, MAX_SERVICES, REAL_F_IN_USE, Real, SCHED_SLOTS, SchedTable, Service, ServiceKey,
     ip_be,
 };
@@ -152,6 +153,7 @@ pub struct Maps {
     pub real_stats: PerCpuArray<MapData, Counters>,
     pub reasons: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, Config>,
+    pub vip_filter: Array<MapData, u64>,
     pin_dir: PathBuf,
 }
 
@@ -192,6 +194,7 @@ impl Maps {
             real_stats: typed!(pin_dir, MAP_REAL_STATS),
             reasons: typed!(pin_dir, MAP_REASONS),
             config: typed!(pin_dir, MAP_CONFIG),
+            vip_filter: typed!(pin_dir, MAP_VIP_FILTER),
             pin_dir: pin_dir.into(),
         })
     }
@@ -326,6 +329,12 @@ impl Maps {
             plan.push(Planned { spec: s, slot, is_new, real_slots });
         }
 
+        // 0. The VIP pre-filter lets the new services' packets through before they exist...
+        let old_filter = self.read_filter()?;
+        let new_filter = filter_of(want);
+        let union: Vec<u64> = old_filter.iter().zip(&new_filter).map(|(a, b)| a | b).collect();
+        self.write_filter(&old_filter, &union)?;
+
         // 1. Reals: new ones get a fresh generation and zeroed counters.
         for p in &plan {
             for (r, &(rslot, is_new)) in p.spec.reals.iter().zip(&p.real_slots) {
@@ -416,6 +425,23 @@ impl Maps {
                 }
             }
         }
+        // ...and stops letting removed services' packets in only after they are gone.
+        self.write_filter(&union, &new_filter)?;
+        Ok(())
+    }
+
+    fn read_filter(&self) -> Result<Vec<u64>> {
+        (0..VIP_FILTER_WORDS)
+            .map(|i| self.vip_filter.get(&i, 0).map_err(map_err("reading LB_VIP_FILTER")))
+            .collect()
+    }
+
+    fn write_filter(&mut self, old: &[u64], new: &[u64]) -> Result<()> {
+        for (i, (o, n)) in old.iter().zip(new).enumerate() {
+            if o != n {
+                self.vip_filter.set(i as u32, *n, 0).map_err(map_err("writing LB_VIP_FILTER"))?;
+            }
+        }
         Ok(())
     }
 
@@ -450,6 +476,15 @@ impl Maps {
     pub fn config(&self) -> Result<Config> {
         self.config.get(&0, 0).map_err(map_err("reading LB_CONFIG"))
     }
+}
+
+fn filter_of(services: &[VirtualService]) -> Vec<u64> {
+    let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
+    for s in services {
+        let bit = vip_filter_bit(ip_be(s.id.addr.octets()));
+        words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
+    words
 }
 
 fn zeros<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {

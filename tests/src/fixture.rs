@@ -154,21 +154,29 @@ pub fn run_xdp(ns: &Netns, prog: &Xdp, ifindex: u32, frame: &[u8]) -> Result<Out
         let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
         let ctx: &[u8] = bytemuck::cast_slice(&md);
         let mut ctx_out = [0u8; 24];
-        let r = test_run_fd(&fd, &frame, &mut out, ctx, &mut ctx_out)?;
-        out.truncate(r.1 as usize);
-        Ok(Outcome { action: r.0, data: out })
+        let r = test_run_fd(&fd, &frame, &mut out, ctx, &mut ctx_out, 1)?;
+        out.truncate(r.size_out as usize);
+        Ok(Outcome { action: r.action, data: out })
     })
 }
 
-/// Reruns through the raw syscall so the program fd can cross into the namespace thread.
-fn test_run_fd(
-    fd: &std::os::fd::OwnedFd,
+pub struct RawRun {
+    pub action: u32,
+    pub size_out: u32,
+    /// Mean nanoseconds per repetition, as the kernel measured it.
+    pub duration_ns: u32,
+}
+
+/// `BPF_PROG_TEST_RUN` through the raw syscall, so a program fd can be used from a thread in
+/// another namespace and `repeat` set freely.
+pub fn test_run_fd(
+    fd: &impl std::os::fd::AsRawFd,
     data_in: &[u8],
     data_out: &mut [u8],
     ctx_in: &[u8],
     ctx_out: &mut [u8],
-) -> Result<(u32, u32)> {
-    use std::os::fd::AsRawFd;
+    repeat: u32,
+) -> Result<RawRun> {
     #[repr(C)]
     #[derive(Default)]
     struct TestAttr {
@@ -195,7 +203,7 @@ fn test_run_fd(
         data_size_out: data_out.len() as u32,
         data_in: data_in.as_ptr() as u64,
         data_out: data_out.as_mut_ptr() as u64,
-        repeat: 1,
+        repeat,
         ctx_size_in: ctx_in.len() as u32,
         ctx_size_out: ctx_out.len() as u32,
         ctx_in: ctx_in.as_ptr() as u64,
@@ -214,7 +222,7 @@ fn test_run_fd(
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
     }
-    Ok((attr.retval, attr.data_size_out))
+    Ok(RawRun { action: attr.retval, size_out: attr.data_size_out, duration_ns: attr.duration })
 }
 
 pub fn pin_cpu0() -> Result<()> {

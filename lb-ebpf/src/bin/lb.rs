@@ -8,11 +8,11 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+            BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         TC_ACT_OK, bpf_fib_lookup as FibParams, bpf_redir_neigh, xdp_action,
     },
     helpers::{
-        bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_redirect,
+        bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_redirect,
         bpf_redirect_neigh, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail,
     },
     macros::{classifier, map, xdp},
@@ -23,6 +23,7 @@ use lb_common::{
     Config, Conn, ConnKey, Counters, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, MAX_CONNS,
     MAX_REALS, MAX_SERVICES, NEIGH_META_MAGIC, NeighMeta, REAL_F_IN_USE, REASON_COUNT, Real,
     Reason, SCHED_MH, SCHED_SLOTS, SchedTable, Service, ServiceKey, conn_timeout_secs,
+    NEXTHOP_TTL_NS, NextHop, VIP_FILTER_WORDS, vip_filter_bit,
     CONN_CLOSE, CONN_ESTABLISHED, CONN_FIN_WAIT, CONN_SYN_RECV, CONN_UDP,
 };
 use lb_ebpf::{
@@ -60,6 +61,12 @@ static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(REASON_COUNT, 0);
 
 #[map(name = "LB_CONFIG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "LB_VIP_FILTER")]
+static VIP_FILTER: Array<u64> = Array::pinned(VIP_FILTER_WORDS, 0);
+
+#[map(name = "LB_NEXTHOPS")]
+static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::pinned(MAX_REALS, 0);
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 /// `last_seen` is rewritten only when it is this stale: a write per packet would bounce the
@@ -115,6 +122,11 @@ fn try_lb(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // connection, so all of them go to the stack (TCP sets DF and never fragments).
     if pkt.frag_off & (IP_MF | IP_OFFMASK) != 0 {
         return Err(pass(Reason::PassFragment));
+    }
+    let bit = vip_filter_bit(pkt.daddr);
+    match VIP_FILTER.get(bit >> 6) {
+        Some(w) if *w & (1u64 << (bit & 63)) != 0 => {}
+        _ => return Err(pass(Reason::PassNotService)),
     }
     match pkt.proto {
         IPPROTO_TCP | IPPROTO_UDP => forward(ctx, &pkt),
@@ -172,11 +184,6 @@ fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
     // Both TCP and UDP start with the two ports; the TCP flags are read below.
     let ports: *const UdpHdr = ptr_at(ctx, l4).ok_or(pass(Reason::PassMalformed))?;
     let (sport, dport) = unsafe { ((*ports).sport, (*ports).dport) };
-    let skey = ServiceKey { addr: pkt.daddr, port: dport, proto: pkt.proto, _pad: 0 };
-    let svc = match SERVICES.get_ptr(&skey) {
-        Some(s) => unsafe { *s },
-        None => return Err(pass(Reason::PassNotService)),
-    };
     let flags = if pkt.proto == IPPROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(ctx, l4).ok_or(pass(Reason::PassMalformed))?;
         unsafe { (*tcp).flags }
@@ -192,15 +199,27 @@ fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
         proto: pkt.proto,
         _pad: [0; 3],
     };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (real_id, real, event) = match conntrack(&key, &svc, flags, now) {
-        Ok(found) => found,
-        // IPVS answers a connection it cannot schedule with port unreachable, so clients fail
-        // at once instead of retrying SYNs into a void.
-        Err(reason) => return icmp_reply(ctx, pkt, ICMP_PORT_UNREACH, 0, reason),
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // The connection table is consulted first: a live entry already names the service (its
+    // real carries the service id), so established traffic skips the service lookup.
+    let (real_id, real, svc_id, event) = match established(&key, flags, now) {
+        Ok((id, real)) => (id, real, real.service_id, Reason::TxForwarded),
+        Err(hint) => {
+            let skey = ServiceKey { addr: pkt.daddr, port: dport, proto: pkt.proto, _pad: 0 };
+            let svc = match SERVICES.get_ptr(&skey) {
+                Some(s) => unsafe { *s },
+                None => return Err(pass(Reason::PassNotService)),
+            };
+            match schedule_new(&key, &svc, flags, now, hint) {
+                Ok((id, real, event)) => (id, real, svc.id, event),
+                // IPVS answers a connection it cannot schedule with port unreachable, so
+                // clients fail at once instead of retrying SYNs into a void.
+                Err(reason) => return icmp_reply(ctx, pkt, ICMP_PORT_UNREACH, 0, reason),
+            }
+        }
     };
 
-    let fwd = encapsulate(ctx, pkt, real.addr)?;
+    let fwd = encapsulate(ctx, pkt, real_id, &real, now)?;
     let forwarded = matches!(
         fwd.reason,
         Reason::TxForwarded | Reason::RedirectForwarded | Reason::PassNoNeigh
@@ -208,7 +227,7 @@ fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
     if forwarded {
         let new_conn = event == Reason::NewConn || event == Reason::Rescheduled
             || event == Reason::NonSynMiss;
-        count(&SVC_STATS, svc.id, pkt.tot_len, new_conn);
+        count(&SVC_STATS, svc_id, pkt.tot_len, new_conn);
         count(&REAL_STATS, real_id, pkt.tot_len, new_conn);
     }
     // New and re-scheduled connections are counted apart from how the packet left.
@@ -268,41 +287,42 @@ fn real_valid(id: u32, gen_: u32, svc_id: u32) -> Option<Real> {
     }
 }
 
-/// Finds the connection's real, or schedules one. Returns the real and `NewConn`,
-/// `Rescheduled`, `NonSynMiss` or `TxForwarded` (an existing connection).
+/// The real of a live connection entry. Otherwise says why there is none: `NewConn`,
+/// `NonSynMiss` (no entry for a mid-stream packet) or `Rescheduled` (its real was removed).
 #[inline(always)]
-fn conntrack(
+fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Reason> {
+    let tcp = key.proto == IPPROTO_TCP;
+    let syn = tcp && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+    let miss = if tcp && !syn { Reason::NonSynMiss } else { Reason::NewConn };
+    let Some(c) = CONNS.get_ptr_mut(key) else { return Err(miss) };
+    let conn = unsafe { &mut *c };
+    let age = now.wrapping_sub(conn.last_seen_ns);
+    if age > conn_timeout_secs(conn.state) * NS_PER_SEC {
+        return Err(miss);
+    }
+    // A SYN on a connection past its handshake opens a new connection on a reused tuple
+    // (IPVS's conn_reuse_mode): schedule it afresh. A retransmitted SYN keeps its real.
+    if syn && conn.state != CONN_SYN_RECV {
+        return Err(Reason::NewConn);
+    }
+    let real = real_valid(conn.real_id, conn.real_gen, conn.service_id).ok_or(Reason::Rescheduled)?;
+    let state = next_state(key.proto, flags, conn.state);
+    if state != conn.state || age > LAST_SEEN_SLACK_NS {
+        conn.state = state;
+        conn.last_seen_ns = now;
+    }
+    Ok((conn.real_id, real))
+}
+
+/// Schedules a new connection (or one whose real went away) and records it.
+#[inline(always)]
+fn schedule_new(
     key: &ConnKey,
     svc: &Service,
     flags: u8,
     now: u64,
+    event: Reason,
 ) -> Result<(u32, Real, Reason), Reason> {
-    let tcp = key.proto == IPPROTO_TCP;
-    let syn = tcp && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
-    let mut reason = if tcp && !syn { Reason::NonSynMiss } else { Reason::NewConn };
-
-    if let Some(c) = CONNS.get_ptr_mut(key) {
-        let conn = unsafe { &mut *c };
-        let age = now.wrapping_sub(conn.last_seen_ns);
-        let live = age <= conn_timeout_secs(conn.state) * NS_PER_SEC;
-        // A SYN on a connection past its handshake opens a new connection on a reused tuple
-        // (IPVS's conn_reuse_mode): schedule it afresh. A retransmitted SYN keeps its real.
-        let reused = syn && conn.state != CONN_SYN_RECV;
-        if live && !reused && conn.service_id == svc.id {
-            if let Some(real) = real_valid(conn.real_id, conn.real_gen, svc.id) {
-                let state = next_state(key.proto, flags, conn.state);
-                if state != conn.state || age > LAST_SEEN_SLACK_NS {
-                    conn.state = state;
-                    conn.last_seen_ns = now;
-                }
-                return Ok((conn.real_id, real, Reason::TxForwarded));
-            }
-            reason = Reason::Rescheduled;
-        } else if live && reused {
-            reason = Reason::NewConn;
-        }
-    }
-
     let (real_id, real) = schedule(key, svc)?;
     // Katran's lesson: an RST needs no state, and inserting on it lets a scan fill the table.
     if flags & TCP_RST == 0 {
@@ -318,7 +338,7 @@ fn conntrack(
             bump(Reason::ConnInsertFail);
         }
     }
-    Ok((real_id, real, reason))
+    Ok((real_id, real, event))
 }
 
 /// Picks a real for a new connection from the service's live scheduling table.
@@ -358,29 +378,44 @@ fn mh_hash(addr: u32) -> u32 {
     u32::from_be(addr).wrapping_mul(0x61C8_8647)
 }
 
-/// Wraps the IPv4 packet in an outer IPv4 header to `real_addr` and sends it to the next hop.
-#[inline(always)]
-fn encapsulate(ctx: &XdpContext, pkt: &Packet, real_addr: u32) -> Result<Verdict, Verdict> {
-    let cfg = CONFIG.get(0).ok_or(pass(Reason::PassNoTunnelSrc))?;
-    let src = cfg.tunnel_src;
-    if src == 0 {
-        return Err(pass(Reason::PassNoTunnelSrc));
-    }
-    let inner: *const Ipv4Hdr = ptr_at(ctx, pkt.l3).ok_or(pass(Reason::PassMalformed))?;
-    let inner = unsafe { *inner };
-    let outer_len = pkt.tot_len as u32 + IPV4_HLEN as u32;
-    if outer_len > 0xffff {
-        return Err(discard(Reason::DropTooBig));
-    }
+/// Where an encapsulated packet goes next.
+enum Hop {
+    Ready { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Route known, neighbour not resolved yet.
+    Unresolved { ifindex: u32, nexthop: u32 },
+    FragNeeded { mtu: u32 },
+}
 
+/// The next hop towards a real: this CPU's cached answer when it is fresh, else
+/// `bpf_fib_lookup` (about 150 ns, so cached for [`NEXTHOP_TTL_NS`]).
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    real_id: u32,
+    real: &Real,
+    src: u32,
+    tos: u8,
+    outer_len: u32,
+    now: u64,
+) -> Result<Hop, Verdict> {
+    let cache = NEXTHOPS.get_ptr_mut(real_id);
+    if let Some(c) = cache {
+        let c = unsafe { &*c };
+        if c.stamp_ns != 0 && c.real_gen == real.generation && now.wrapping_sub(c.stamp_ns) < NEXTHOP_TTL_NS {
+            if outer_len > c.mtu {
+                return Ok(Hop::FragNeeded { mtu: c.mtu });
+            }
+            return Ok(Hop::Ready { ifindex: c.ifindex, smac: c.smac, dmac: c.dmac });
+        }
+    }
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = IPPROTO_IPIP;
     fib.__bindgen_anon_1.tot_len = outer_len as u16;
     fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_2.tos = inner.tos;
+    fib.__bindgen_anon_2.tos = tos;
     fib.__bindgen_anon_3.ipv4_src = src;
-    fib.__bindgen_anon_4.ipv4_dst = real_addr;
+    fib.__bindgen_anon_4.ipv4_dst = real.addr;
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
@@ -389,19 +424,64 @@ fn encapsulate(ctx: &XdpContext, pkt: &Packet, real_addr: u32) -> Result<Verdict
             0,
         )
     } as u32;
-    let resolved = match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => true,
-        BPF_FIB_LKUP_RET_NO_NEIGH => false,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            if u16::from_be(inner.frag_off) & IP_DF == 0 {
-                return Err(discard(Reason::DropTooBig));
-            }
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            // On success the kernel reports the route's MTU in the same field.
             let mtu = unsafe { fib.__bindgen_anon_1.mtu_result } as u32;
-            let inner_mtu = mtu.saturating_sub(IPV4_HLEN as u32) as u16;
-            return icmp_reply(ctx, pkt, ICMP_FRAG_NEEDED, inner_mtu, Reason::IcmpFragNeeded);
+            if let Some(c) = cache {
+                unsafe {
+                    *c = NextHop {
+                        stamp_ns: now,
+                        real_gen: real.generation,
+                        ifindex: fib.ifindex,
+                        mtu,
+                        smac: fib.smac,
+                        dmac: fib.dmac,
+                    };
+                }
+            }
+            Ok(Hop::Ready { ifindex: fib.ifindex, smac: fib.smac, dmac: fib.dmac })
         }
-        _ => return Err(discard(Reason::DropNoRoute)),
-    };
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::Unresolved {
+            ifindex: fib.ifindex,
+            nexthop: unsafe { fib.__bindgen_anon_4.ipv4_dst },
+        }),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            Ok(Hop::FragNeeded { mtu: unsafe { fib.__bindgen_anon_1.mtu_result } as u32 })
+        }
+        _ => Err(discard(Reason::DropNoRoute)),
+    }
+}
+
+/// Wraps the IPv4 packet in an outer IPv4 header to the real and sends it to the next hop.
+#[inline(always)]
+fn encapsulate(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    real_id: u32,
+    real: &Real,
+    now: u64,
+) -> Result<Verdict, Verdict> {
+    let cfg = CONFIG.get(0).ok_or(pass(Reason::PassNoTunnelSrc))?;
+    let src = cfg.tunnel_src;
+    if src == 0 {
+        return Err(pass(Reason::PassNoTunnelSrc));
+    }
+    let real_addr = real.addr;
+    let inner: *const Ipv4Hdr = ptr_at(ctx, pkt.l3).ok_or(pass(Reason::PassMalformed))?;
+    let inner = unsafe { *inner };
+    let outer_len = pkt.tot_len as u32 + IPV4_HLEN as u32;
+    if outer_len > 0xffff {
+        return Err(discard(Reason::DropTooBig));
+    }
+    let hop = next_hop(ctx, real_id, real, src, inner.tos, outer_len, now)?;
+    if let Hop::FragNeeded { mtu } = hop {
+        if u16::from_be(inner.frag_off) & IP_DF == 0 {
+            return Err(discard(Reason::DropTooBig));
+        }
+        let inner_mtu = mtu.saturating_sub(IPV4_HLEN as u32) as u16;
+        return icmp_reply(ctx, pkt, ICMP_FRAG_NEEDED, inner_mtu, Reason::IcmpFragNeeded);
+    }
 
     // Make room in front, then slide the L2 header (with its VLAN tag) back to the start.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN as i32)) } != 0 {
@@ -438,19 +518,21 @@ fn encapsulate(ctx: &XdpContext, pkt: &Packet, real_addr: u32) -> Result<Verdict
     h.check = csum::ipv4_header(&words);
     unsafe { *outer = core::mem::transmute::<Ipv4Hdr, [u16; 10]>(h) };
 
-    if !resolved {
-        return hand_to_tc(ctx, fib.ifindex, unsafe { fib.__bindgen_anon_4.ipv4_dst });
-    }
+    let (ifindex, smac, dmac) = match hop {
+        Hop::Ready { ifindex, smac, dmac } => (ifindex, smac, dmac),
+        Hop::Unresolved { ifindex, nexthop } => return hand_to_tc(ctx, ifindex, nexthop),
+        Hop::FragNeeded { .. } => return Err(discard(Reason::DropTooBig)),
+    };
     unsafe {
-        (*eth).dst = fib.dmac;
-        (*eth).src = fib.smac;
+        (*eth).dst = dmac;
+        (*eth).src = smac;
     }
     // A tagged frame goes back out of the port it came in on: the VLAN sub-interface the route
     // names cannot transmit XDP frames.
-    if fib.ifindex == ctx.ingress_ifindex() as u32 || pkt.vlan {
+    if ifindex == ctx.ingress_ifindex() as u32 || pkt.vlan {
         Ok(Verdict { action: xdp_action::XDP_TX, reason: Reason::TxForwarded })
     } else {
-        let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
+        let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
         Ok(Verdict { action, reason: Reason::RedirectForwarded })
     }
 }
@@ -622,7 +704,7 @@ fn forward_icmp_error(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict
         None => return Err(pass(Reason::PassNotService)),
     };
     let real = real_valid(conn.real_id, conn.real_gen, svc.id).ok_or(pass(Reason::PassNotService))?;
-    let v = encapsulate(ctx, pkt, real.addr)?;
+    let v = encapsulate(ctx, pkt, conn.real_id, &real, unsafe { bpf_ktime_get_coarse_ns() })?;
     bump(Reason::IcmpForwarded);
     Ok(v)
 }

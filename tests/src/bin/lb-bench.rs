@@ -1,0 +1,225 @@
+//! `cargo xtask bench`: nanoseconds per packet through `BPF_PROG_TEST_RUN`, interleaved rounds,
+//! reported as ratios against baselines measured in the same run.
+//!
+//! With `repeat` > 1 the kernel runs the program again on the buffer the previous repetition
+//! left behind, so encapsulating programs are measured behind a wrapper that restores the frame
+//! from a template and tail-calls them; the wrapper's own cost (wrapper → empty program) is
+//! subtracted.
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, ProgramArray},
+    programs::Xdp,
+};
+use lb_common::{Config, ip_be};
+use lb_tests::{
+    fixture::{self, CLIENT, DIRECTOR, REAL1, REAL1_MAC, REAL2, VIP, XDP_PASS, XDP_TX, test_run_fd},
+    packet::{self, TCP_ACK, TCP_PSH, TCP_SYN},
+};
+use lb_userspace::{
+    datapath,
+    scheduler::Scheduler,
+    services::{Maps, Protocol, RealServer, ServiceId, VirtualService},
+};
+use std::{net::Ipv4Addr, os::fd::AsFd};
+
+const TEMPLATE_MAX: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Template {
+    len: u32,
+    vary_port_at: u32,
+    bytes: [u8; TEMPLATE_MAX],
+}
+unsafe impl aya::Pod for Template {}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NextHop {
+    dst: u32,
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+unsafe impl aya::Pod for NextHop {}
+
+struct Args {
+    repeat: u32,
+    rounds: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args { repeat: 200_000, rounds: 9 };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--repeat" => a.repeat = it.next().context("--repeat N")?.parse()?,
+            "--rounds" => a.rounds = it.next().context("--rounds N")?.parse()?,
+            "-h" | "--help" => {
+                println!("lb-bench [--repeat N (200000)] [--rounds N (9)]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other} (try --help)"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    datapath::ensure_root()?;
+    let (ns, ifindex, mac) = fixture::fixture_netns()?;
+    ns.run(move || bench(&args, ifindex, mac))
+}
+
+fn xdp<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(bpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?)
+}
+
+fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
+    fixture::pin_cpu0()?;
+    let pins = fixture::PinDir::new("bench");
+    let mut lb = datapath::load(&pins.0)?;
+    xdp(&mut lb, lb_common::PROG_LB)?.load()?;
+    let mut maps = Maps::open(&pins.0)?;
+    maps.config.set(
+        0,
+        Config { tunnel_src: ip_be(DIRECTOR.octets()), nr_cpus: 1, ..Default::default() },
+        0,
+    )?;
+    maps.apply(&[VirtualService {
+        id: ServiceId { proto: Protocol::Tcp, addr: VIP, port: 6033 },
+        sched: Scheduler::Wrr,
+        persistence: 0,
+        reals: vec![RealServer { addr: REAL1, weight: 3 }, RealServer { addr: REAL2, weight: 1 }],
+    }])?;
+
+    let mut bench = Ebpf::load(lb_userspace::objects::BENCH)?;
+    for name in ["bench_empty", "bench_floor", "bench_wrapper", "bench_fib", "bench_nhmap"] {
+        xdp(&mut bench, name)?.load().with_context(|| format!("loading {name}"))?;
+    }
+    {
+        let mut nh: Array<&mut MapData, NextHop> = Array::try_from(bench.map_mut("BENCH_NH").context("BENCH_NH")?)?;
+        nh.set(0, NextHop { dst: ip_be(REAL1.octets()), ifindex, smac: mac, dmac: REAL1_MAC }, 0)?;
+    }
+
+    let est = packet::client_tcp(CLIENT, 40000, VIP, 6033, TCP_ACK | TCP_PSH, &[0x42; 10]);
+    let syn = packet::client_tcp(CLIENT, 40001, VIP, 6033, TCP_SYN, b"");
+    let other = packet::client_tcp(CLIENT, 40002, Ipv4Addr::new(198, 18, 0, 200), 6033, TCP_SYN, b"");
+    let fd_of = |b: &Ebpf, name: &str| -> Result<aya::programs::ProgramFd> {
+        let p: &Xdp = b.program(name).context(name.to_string())?.try_into()?;
+        Ok(p.fd()?.try_clone()?)
+    };
+    let lb_fd = fd_of(&lb, lb_common::PROG_LB)?;
+    let empty_fd = fd_of(&bench, "bench_empty")?;
+    let floor_fd = fd_of(&bench, "bench_floor")?;
+    let wrapper_fd = fd_of(&bench, "bench_wrapper")?;
+    let fib_fd = fd_of(&bench, "bench_fib")?;
+    let nh_fd = fd_of(&bench, "bench_nhmap")?;
+
+    // The established flow exists before measuring.
+    run(&lb_fd.as_fd(), &syn_for(&est), ifindex, 1, XDP_TX)?;
+
+    #[derive(Clone, Copy)]
+    enum Case {
+        Direct(&'static str, u32),
+        Wrapped(&'static str, u32, bool),
+    }
+    let cases: Vec<(&str, Case, Vec<u8>)> = vec![
+        ("empty", Case::Direct("bench_empty", XDP_PASS), est.clone()),
+        ("wrapper->empty", Case::Wrapped("bench_empty", XDP_PASS, false), est.clone()),
+        ("wrapper->floor", Case::Wrapped("bench_floor", XDP_TX, false), est.clone()),
+        ("wrapper->lb established", Case::Wrapped("lb", XDP_TX, false), est.clone()),
+        ("wrapper->lb new flow", Case::Wrapped("lb", XDP_TX, true), syn.clone()),
+        ("lb non-VIP", Case::Direct("lb", XDP_PASS), other.clone()),
+        ("fib lookup", Case::Direct("bench_fib", XDP_PASS), est.clone()),
+        ("next-hop map", Case::Direct("bench_nhmap", XDP_PASS), est.clone()),
+    ];
+    let fd = |name: &str| match name {
+        "lb" => &lb_fd,
+        "bench_empty" => &empty_fd,
+        "bench_floor" => &floor_fd,
+        "bench_fib" => &fib_fd,
+        _ => &nh_fd,
+    };
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for _ in 0..args.rounds {
+        for (i, (label, case, frame)) in cases.iter().enumerate() {
+            let ns = match *case {
+                Case::Direct(prog, want) => run(&fd(prog).as_fd(), frame, ifindex, args.repeat, want)
+                    .with_context(|| label.to_string())?,
+                Case::Wrapped(prog, want, vary) => {
+                    let mut progs: ProgramArray<&mut MapData> =
+                        ProgramArray::try_from(bench.map_mut("BENCH_PROGS").context("BENCH_PROGS")?)?;
+                    progs.set(0, fd(prog), 0)?;
+                    drop(progs);
+                    let mut t = Template { len: frame.len() as u32, vary_port_at: 0, bytes: [0; TEMPLATE_MAX] };
+                    t.bytes[..frame.len()].copy_from_slice(frame);
+                    if vary {
+                        t.vary_port_at = 34; // the TCP source port
+                    }
+                    let mut tmpl: Array<&mut MapData, Template> =
+                        Array::try_from(bench.map_mut("BENCH_TMPL").context("BENCH_TMPL")?)?;
+                    tmpl.set(0, t, 0)?;
+                    run(&wrapper_fd.as_fd(), frame, ifindex, args.repeat, want).with_context(|| label.to_string())?
+                }
+            };
+            samples[i].push(ns);
+        }
+    }
+    let med: Vec<f64> = samples.iter_mut().map(|v| median(v)).collect();
+    let (empty, w0, wfloor, west, wnew, nonvip, fib, nh) =
+        (med[0], med[1], med[2], med[3], med[4], med[5], med[6], med[7]);
+    // A wrapped program's cost as if run alone on a fresh frame: remove the wrapper's own cost
+    // (wrapper -> empty) and add back the run overhead every direct measurement carries (empty).
+    let unwrap = |w: f64| w - w0 + empty;
+    let floor = unwrap(wfloor);
+    let est_c = unwrap(west);
+    let new_c = unwrap(wnew);
+    println!("lb-bench: BPF_PROG_TEST_RUN, repeat {} x {} interleaved rounds, CPU 0, medians", args.repeat, args.rounds);
+    println!("{:<34} {:>9}", "measured", "ns/pkt");
+    for ((label, _, _), m) in cases.iter().zip(&med) {
+        println!("  {label:<32} {m:>9.1}");
+    }
+    println!();
+    println!("{:<34} {:>9} {:>12}", "derived (wrapper removed)", "ns/pkt", "ratio");
+    println!("  {:<32} {:>9.1} {:>12}", "(e) empty XDP_PASS", empty, "1.00 x (e)");
+    println!("  {:<32} {:>9.1} {:>9.2} x (e)", "(d) floor: prepend 20 B + XDP_TX", floor, floor / empty);
+    println!("  {:<32} {:>9.1} {:>9.2} x (d)", "(a) established flow", est_c, est_c / floor);
+    println!("  {:<32} {:>9.1} {:>9.2} x (d)", "(b) new flow every packet", new_c, new_c / floor);
+    println!("  {:<32} {:>9.1} {:>9.2} x (e)", "(c) non-VIP packet", nonvip, nonvip / empty);
+    println!();
+    println!("next hop: bpf_fib_lookup {fib:.1} ns vs userspace-kept map {nh:.1} ns ({:+.1} ns per packet)", fib - nh);
+    println!("targets: (a) <= 3 x (d): {}   (c) <= 1.5 x (e): {}",
+        verdict(est_c / floor <= 3.0), verdict(nonvip / empty <= 1.5));
+    Ok(())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+/// The SYN that opens the flow of `est` (same tuple).
+fn syn_for(est: &[u8]) -> Vec<u8> {
+    let mut f = est.to_vec();
+    f[47] = TCP_SYN;
+    f
+}
+
+fn run(fd: &impl std::os::fd::AsRawFd, frame: &[u8], ifindex: u32, repeat: u32, want: u32) -> Result<f64> {
+    let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut ctx_out = [0u8; 24];
+    let r = test_run_fd(fd, frame, &mut out, bytemuck::cast_slice(&md), &mut ctx_out, repeat)?;
+    if r.action != want {
+        bail!("returned action {} instead of {want}", r.action);
+    }
+    Ok(r.duration_ns as f64)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}

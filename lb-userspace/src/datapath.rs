@@ -73,8 +73,29 @@ trait Ctx<T> {
 
 impl<T, E: std::error::Error + Send + Sync + 'static> Ctx<T> for std::result::Result<T, E> {
     fn ctx(self, what: &str) -> Result<T> {
-        self.map_err(|e| DatapathError::Bpf { what: what.to_string(), source: Box::new(e) })
+        self.map_err(|e| DatapathError::Bpf { what: what.to_string(), source: one_line(&e).into() })
     }
+}
+
+/// An error as one line: a verifier rejection carries its whole log, of which the reason is
+/// the line before the statistics at the end.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let text = e.to_string();
+    let Some((head, log)) = text.split_once("Verifier output:") else {
+        return text.replace('\n', " ");
+    };
+    let reason = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("verification time") && !l.starts_with("processed ")
+            && !l.starts_with("stack depth") && !l.starts_with(':'))
+        .last()
+        .unwrap_or("(empty log)");
+    format!("{} verifier says: {reason} (kernel {})", head.trim(), kernel_release())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 pub fn ensure_root() -> Result<()> {
@@ -136,14 +157,40 @@ pub fn ifname(ifindex: u32) -> Option<String> {
     Some(s.to_string_lossy().into_owned())
 }
 
+/// Which of the data path's events it logs (aya-log). The level is a load-time constant,
+/// so the verifier removes the disabled log statements: `Off` costs nothing per packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum LogLevel {
+    #[default]
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+}
+
 /// Loads the director object with its maps pinned (or reopened) under `pin_dir`.
-pub fn load(pin_dir: &Path) -> Result<Ebpf> {
+pub fn load(pin_dir: &Path, log: LogLevel) -> Result<Ebpf> {
     ensure_bpffs(pin_dir)?;
     std::fs::create_dir_all(pin_dir).ctx(&format!("creating {}", pin_dir.display()))?;
+    let level = log as u8;
     EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
+        .override_global("AYA_LOG_LEVEL", &level, true)
         .load(objects::LB)
         .ctx("loading the director's eBPF object")
+}
+
+/// The id of the attached XDP program (to read its log events from another process).
+pub fn program_id(pin_dir: &Path) -> Result<u32> {
+    let path = pin_dir.join(XDP_LINK_PIN);
+    if !path.exists() {
+        return Err(DatapathError::NotAttached(pin_dir.into()));
+    }
+    let link = PinnedLink::from_pin(&path).ctx("opening the pinned XDP link")?;
+    let fd: FdLink = link.into();
+    let info = fd.info().ctx("reading the XDP link")?;
+    Ok(info.program_id())
 }
 
 /// Removes every pin under `pin_dir` and the directory itself.
@@ -164,6 +211,7 @@ pub struct AttachOptions {
     pub tunnel_source: Option<Ipv4Addr>,
     /// Force generic (skb) mode instead of trying native first.
     pub generic: bool,
+    pub log: LogLevel,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,7 +241,7 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
     };
     let existed = opts.pin_dir.exists();
     let mut undo = Undo { pin_dir: opts.pin_dir.clone(), remove_pins: !existed, iface: None };
-    let mut bpf = load(&opts.pin_dir)?;
+    let mut bpf = load(&opts.pin_dir, opts.log)?;
     let mut report = AttachReport {
         ifindex,
         generic: false,
@@ -231,11 +279,12 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
 
     // TC ingress finishes what XDP cannot: packets whose next hop is not resolved yet.
     undo.iface = Some(opts.iface.clone());
-    if let Err(e) = tc::qdisc_add_clsact(&opts.iface) {
-        // EEXIST: a clsact qdisc is already there, which is what we need.
-        if !matches!(&e, tc::TcError::IoError(io) if io.raw_os_error() == Some(libc::EEXIST))
-            && !e.to_string().contains("exists")
-        {
+    // Before Linux 6.6 (no TCX links) the TC program hangs off a clsact qdisc.
+    let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    if !tcx && let Err(e) = tc::qdisc_add_clsact(&opts.iface) {
+        let exists = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .any(|e| e.to_string().contains("os error 17"));
+        if !exists {
             return Err(e).ctx("adding the clsact qdisc");
         }
     }

@@ -369,8 +369,7 @@ impl Maps {
                 .map(|(r, &(id, _))| Candidate { id, addr: ip_be(r.addr.octets()), weight: r.weight })
                 .collect();
             let slots = scheduler::build(p.spec.sched, &candidates);
-            let mut table = SchedTable::default();
-            table.len = slots.len() as u32;
+            let mut table = SchedTable { len: slots.len() as u32, ..Default::default() };
             table.slots[..slots.len().min(SCHED_SLOTS)].copy_from_slice(&slots[..slots.len().min(SCHED_SLOTS)]);
 
             let cur = cur_by_id.get(&p.spec.id);

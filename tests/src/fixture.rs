@@ -74,7 +74,7 @@ pub struct Fixture {
     pub ifindex: u32,
     pub mac: [u8; 6],
     pub maps: Maps,
-    bpf: Ebpf,
+    pub bpf: Ebpf,
     // Last: the pins go after the maps are closed.
     pub pins: PinDir,
 }
@@ -102,7 +102,7 @@ impl Fixture {
     pub fn new() -> Result<Fixture> {
         let (ns, ifindex, mac) = fixture_netns()?;
         let pins = PinDir::new("fx");
-        let mut bpf = datapath::load(&pins.0).context("loading the director object")?;
+        let mut bpf = datapath::load(&pins.0, datapath::LogLevel::Debug).context("loading the director object")?;
         let prog: &mut Xdp = bpf
             .program_mut(lb_common::PROG_LB)
             .context("lb_xdp missing")?

@@ -24,6 +24,7 @@ impl Director {
             pin_dir: pins.0.clone(),
             tunnel_source: None,
             generic: false,
+            log: datapath::LogLevel::Off,
         };
         let report = bed
             .director()

@@ -62,7 +62,7 @@ impl Ipv4 {
     }
 
     pub fn bytes(&self) -> Vec<u8> {
-        assert!(self.options.len() % 4 == 0 && self.options.len() <= 40);
+        assert!(self.options.len().is_multiple_of(4) && self.options.len() <= 40);
         let ihl = 5 + self.options.len() / 4;
         let total = ihl * 4 + self.payload.len();
         let mut h = Vec::with_capacity(total);

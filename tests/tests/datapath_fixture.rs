@@ -404,3 +404,34 @@ fn decap_strips_only_from_directors_to_vips() {
     assert_eq!(c[lb_common::DECAP_DROP_UNKNOWN_VIP as usize], 1);
     assert_eq!(c[lb_common::DECAP_PASS_OTHER as usize], 1);
 }
+
+/// Captures what aya-log delivers.
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        self.0.lock().unwrap().push(format!("{} {}", r.level(), r.args()));
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn debug_events_are_logged_per_connection_not_per_packet() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut logger = aya_log::EbpfLogger::init_with_logger(&mut f.bpf, Capture(lines.clone())).unwrap();
+    real_of(&f, &syn(52000));
+    for _ in 0..5 {
+        real_of(&f, &ack(52000, b"data"));
+    }
+    logger.flush();
+    let got = lines.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        vec!["DEBUG new_conn 198.18.0.10:52000 -> 198.18.0.100:6033 on real 198.18.0.11 (slot 0)".to_string()]
+    );
+}

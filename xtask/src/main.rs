@@ -157,6 +157,14 @@ fn test(ctx: &Ctx, release: bool, args: Vec<OsString>) -> Result<()> {
     // (the verifier needs optimised code), so the profile only affects the userspace code:
     // the dev profile compiles faster on the 2-core machines and shares its artifacts with
     // `cargo xtask build`. `--release` is there for timing-sensitive runs.
+    // The integration tests run the `lbadm` binary as an operator would; `cargo test` alone
+    // does not rebuild binaries of packages without integration tests of their own.
+    let mut bins = ctx.cargo();
+    bins.args(["build", "--workspace", "--exclude", "lb-ebpf", "--bins"]);
+    if release {
+        bins.arg("--release");
+    }
+    ctx.run(&mut bins)?;
     let mut cmd = ctx.cargo();
     cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"]);
     if release {

@@ -19,6 +19,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
+use aya_log_ebpf::{debug, warn};
 use lb_common::{
     Config, Conn, ConnKey, Counters, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, MAX_CONNS,
     MAX_REALS, MAX_SERVICES, NEIGH_META_MAGIC, NeighMeta, REAL_F_IN_USE, REASON_COUNT, Real,
@@ -115,6 +116,21 @@ struct Packet {
     frag_off: u16,
 }
 
+impl Packet {
+    // Offsets are re-bounded where they are used: the compiler may keep them in forms (partial
+    // stack spills) from which the verifier cannot recover their range.
+    #[inline(always)]
+    fn l3_off(&self) -> usize {
+        (lb_ebpf::opaque(self.l3 as u32) & 0x1f) as usize
+    }
+
+    /// Offset of the L4 header: at most 18 + 60.
+    #[inline(always)]
+    fn l4_off(&self) -> usize {
+        (lb_ebpf::opaque((self.l3 + self.ihl) as u32) & 0x7f) as usize
+    }
+}
+
 #[inline(always)]
 fn try_lb(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let pkt = parse_ipv4(ctx)?;
@@ -175,7 +191,7 @@ fn parse_ipv4(ctx: &XdpContext) -> Result<Packet, Verdict> {
 
 #[inline(always)]
 fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
-    let l4 = pkt.l3 + pkt.ihl;
+    let l4 = pkt.l4_off();
     let min_l4 = if pkt.proto == IPPROTO_TCP { 20 } else { 8 };
     // Frames shorter than 60 bytes are padded: trust the IP length, not the frame length.
     if (pkt.tot_len as usize) < pkt.ihl + min_l4 {
@@ -210,11 +226,33 @@ fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
                 Some(s) => unsafe { *s },
                 None => return Err(pass(Reason::PassNotService)),
             };
-            match schedule_new(&key, &svc, flags, now, hint) {
-                Ok((id, real, event)) => (id, real, svc.id, event),
+            match schedule_new(ctx, &key, &svc, flags, now, hint) {
+                Ok((id, real, event)) => {
+                    debug!(
+                        ctx,
+                        "{} {:i}:{} -> {:i}:{} on real {:i} (slot {})",
+                        event.name(),
+                        u32::from_be(key.saddr),
+                        u16::from_be(sport),
+                        u32::from_be(key.daddr),
+                        u16::from_be(dport),
+                        u32::from_be(real.addr),
+                        id
+                    );
+                    (id, real, svc.id, event)
+                }
                 // IPVS answers a connection it cannot schedule with port unreachable, so
                 // clients fail at once instead of retrying SYNs into a void.
-                Err(reason) => return icmp_reply(ctx, pkt, ICMP_PORT_UNREACH, 0, reason),
+                Err(reason) => {
+                    debug!(
+                        ctx,
+                        "no real with weight > 0 for {:i}:{}: port unreachable to {:i}",
+                        u32::from_be(key.daddr),
+                        u16::from_be(dport),
+                        u32::from_be(key.saddr)
+                    );
+                    return icmp_reply(ctx, pkt, ICMP_PORT_UNREACH, 0, reason);
+                }
             }
         }
     };
@@ -317,6 +355,7 @@ fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Reason
 /// Schedules a new connection (or one whose real went away) and records it.
 #[inline(always)]
 fn schedule_new(
+    ctx: &XdpContext,
     key: &ConnKey,
     svc: &Service,
     flags: u8,
@@ -336,6 +375,7 @@ fn schedule_new(
         };
         if CONNS.insert(key, &conn, 0).is_err() {
             bump(Reason::ConnInsertFail);
+            warn!(ctx, "connection table insert failed for {:i}:{}", u32::from_be(key.saddr), u16::from_be(key.sport));
         }
     }
     Ok((real_id, real, event))
@@ -468,7 +508,7 @@ fn encapsulate(
         return Err(pass(Reason::PassNoTunnelSrc));
     }
     let real_addr = real.addr;
-    let inner: *const Ipv4Hdr = ptr_at(ctx, pkt.l3).ok_or(pass(Reason::PassMalformed))?;
+    let inner: *const Ipv4Hdr = ptr_at(ctx, pkt.l3_off()).ok_or(pass(Reason::PassMalformed))?;
     let inner = unsafe { *inner };
     let outer_len = pkt.tot_len as u32 + IPV4_HLEN as u32;
     if outer_len > 0xffff {
@@ -476,7 +516,17 @@ fn encapsulate(
     }
     let hop = next_hop(ctx, real_id, real, src, inner.tos, outer_len, now)?;
     if let Hop::FragNeeded { mtu } = hop {
-        if u16::from_be(inner.frag_off) & IP_DF == 0 {
+        let df = u16::from_be(inner.frag_off) & IP_DF != 0;
+        debug!(
+            ctx,
+            "{} bytes from {:i} exceed mtu {} to real {:i} once encapsulated: {}",
+            pkt.tot_len,
+            u32::from_be(pkt.saddr),
+            mtu,
+            u32::from_be(real_addr),
+            if df { "fragmentation-needed sent" } else { "dropped (no DF)" }
+        );
+        if !df {
             return Err(discard(Reason::DropTooBig));
         }
         let inner_mtu = mtu.saturating_sub(IPV4_HLEN as u32) as u16;
@@ -542,6 +592,7 @@ fn encapsulate(
 /// neighbour and queues the packet meanwhile.
 #[inline(always)]
 fn hand_to_tc(ctx: &XdpContext, ifindex: u32, nexthop: u32) -> Result<Verdict, Verdict> {
+    debug!(ctx, "neighbour {:i} not resolved: handed to TC", u32::from_be(nexthop));
     let sz = core::mem::size_of::<NeighMeta>() as i32;
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -sz) } != 0 {
         return Err(discard(Reason::DropAdjust));
@@ -590,8 +641,8 @@ fn icmp_reply(
     mtu: u16,
     reason: Reason,
 ) -> Result<Verdict, Verdict> {
-    let l3 = pkt.l3;
-    let quote = pkt.ihl + 8;
+    let l3 = pkt.l3_off();
+    let quote = pkt.l4_off() - l3 + 8;
     let keep = (l3 + quote) as i32;
     let len = (ctx.data_end() - ctx.data()) as i32;
     if len < keep {
@@ -668,7 +719,7 @@ fn icmp_reply(
 /// belongs to the real that serves the connection: find it from the quoted header and forward.
 #[inline(always)]
 fn forward_icmp_error(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
-    let off = pkt.l3 + pkt.ihl;
+    let off = pkt.l4_off();
     let icmp: *const IcmpHdr = ptr_at(ctx, off).ok_or(pass(Reason::PassNotService))?;
     if unsafe { (*icmp).kind } != ICMP_DEST_UNREACH {
         return Err(pass(Reason::PassNotService));
@@ -683,7 +734,7 @@ fn forward_icmp_error(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict
     if quoted.proto != IPPROTO_TCP && quoted.proto != IPPROTO_UDP {
         return Err(pass(Reason::PassNotService));
     }
-    let ports: *const UdpHdr = ptr_at(ctx, q + qihl).ok_or(pass(Reason::PassNotService))?;
+    let ports: *const UdpHdr = ptr_at(ctx, (lb_ebpf::opaque((q + qihl) as u32) & 0xff) as usize).ok_or(pass(Reason::PassNotService))?;
     let (qsport, qdport) = unsafe { ((*ports).sport, (*ports).dport) };
     // The quoted packet went from the VIP to the client: reverse it to get the connection.
     let key = ConnKey {
@@ -707,12 +758,6 @@ fn forward_icmp_error(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict
     let v = encapsulate(ctx, pkt, conn.real_id, &real, unsafe { bpf_ktime_get_coarse_ns() })?;
     bump(Reason::IcmpForwarded);
     Ok(v)
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
 }
 
 #[unsafe(link_section = "license")]

@@ -27,7 +27,13 @@ enum Cmd {
         /// Use generic (skb) XDP even if the driver supports native XDP.
         #[arg(long)]
         generic: bool,
+        /// Data-path events to log (read them with `lbadm log`); fixed at attach time, and
+        /// free when off.
+        #[arg(long, value_enum, default_value_t = datapath::LogLevel::Off)]
+        log_level: datapath::LogLevel,
     },
+    /// Stream the data path's log events (attach with --log-level to have any) until Ctrl-C.
+    Log,
     /// Detach the data path and remove its pinned maps.
     Detach,
     /// Show where the data path is attached and its packet counters.
@@ -50,12 +56,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Attach { iface, tunnel_source, generic } => {
+        Cmd::Attach { iface, tunnel_source, generic, log_level } => {
             let r = datapath::attach(&datapath::AttachOptions {
                 iface: iface.clone(),
                 pin_dir: cli.pin_dir.clone(),
                 tunnel_source,
                 generic,
+                log: log_level,
             })?;
             for w in &r.warnings {
                 eprintln!("lbadm: warning: {w}");
@@ -80,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Status { json } => status(&cli.pin_dir, json)?,
+        Cmd::Log => stream_log(&cli.pin_dir)?,
     }
     Ok(())
 }
@@ -117,4 +125,25 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         println!("  {:<20} {n}", r.name());
     }
     Ok(())
+}
+
+fn stream_log(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let id = datapath::program_id(pin_dir)?;
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Trace)
+        .format_timestamp_millis()
+        .init();
+    let mut logger = aya_log::EbpfLogger::init_from_id(id)
+        .context("the data path was built without its log buffer")?;
+    use std::os::fd::AsRawFd as _;
+    loop {
+        let mut pfd = libc::pollfd { fd: logger.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        if unsafe { libc::poll(&mut pfd, 1, 1000) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e).context("waiting for log events");
+            }
+        }
+        logger.flush();
+    }
 }

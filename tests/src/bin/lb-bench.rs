@@ -81,7 +81,7 @@ fn xdp<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
 fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
     fixture::pin_cpu0()?;
     let pins = fixture::PinDir::new("bench");
-    let mut lb = datapath::load(&pins.0)?;
+    let mut lb = datapath::load(&pins.0, datapath::LogLevel::Off)?;
     xdp(&mut lb, lb_common::PROG_LB)?.load()?;
     let mut maps = Maps::open(&pins.0)?;
     maps.config.set(
@@ -154,7 +154,6 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
                     let mut progs: ProgramArray<&mut MapData> =
                         ProgramArray::try_from(bench.map_mut("BENCH_PROGS").context("BENCH_PROGS")?)?;
                     progs.set(0, fd(prog), 0)?;
-                    drop(progs);
                     let mut t = Template { len: frame.len() as u32, vary_port_at: 0, bytes: [0; TEMPLATE_MAX] };
                     t.bytes[..frame.len()].copy_from_slice(frame);
                     if vary {

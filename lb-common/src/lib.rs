@@ -19,6 +19,7 @@ pub const MAP_REASONS: &str = "LB_REASONS";
 pub const MAP_CONFIG: &str = "LB_CONFIG";
 pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
 pub const MAP_NEXTHOPS: &str = "LB_NEXTHOPS";
+pub const MAP_PERSIST: &str = "LB_PERSIST";
 pub const MAP_DECAP_DIRS: &str = "DECAP_DIRS";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
@@ -36,6 +37,8 @@ pub const SCHED_SLOTS: usize = 1024;
 pub const MH_TABLE_LEN: u32 = 1021;
 /// Connection-table capacity (LRU: the least recently used entry is evicted when full).
 pub const MAX_CONNS: u32 = 262_144;
+/// Persistence templates (one per service and client address; LRU).
+pub const MAX_PERSIST: u32 = 65_536;
 pub const MAX_DECAP_ENTRIES: u32 = 256;
 
 /// Bits of the VIP pre-filter: a set bit means "some service may have this destination", so
@@ -92,7 +95,8 @@ pub struct Service {
     pub id: u32,
     /// Which copy of the scheduling table (0 or 1) is live.
     pub table: u32,
-    /// Persistence timeout in seconds; 0 = not persistent.
+    /// Persistence timeout in seconds; 0 = not persistent. A persistent service may have port
+    /// 0: it then takes every port of its VIP and protocol (ipvsadm's `-t VIP:0 -p`).
     pub persist_timeout: u32,
     pub sched: u8,
     pub flags: u8,
@@ -160,8 +164,32 @@ pub struct Conn {
     pub real_gen: u32,
     pub service_id: u32,
     pub state: u8,
-    pub _pad: [u8; 3],
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet.
+    /// `CONN_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, tick resolution) of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// The connection belongs to a persistent service: its packets keep the client's template alive
+/// (IPVS keeps a template while connections it controls exist).
+pub const CONN_F_PERSIST: u8 = 1;
+
+/// Key of the persistence templates: a client address within a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct PersistKey {
+    pub service_id: u32,
+    pub saddr: u32,
+}
+
+/// A persistence template: the real a client's connections go to until `timeout` seconds pass
+/// without a new connection or a packet of one it controls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Persist {
+    pub real_id: u32,
+    pub real_gen: u32,
     pub last_seen_ns: u64,
 }
 
@@ -266,9 +294,11 @@ pub enum Reason {
     IcmpForwarded,
     /// The connection table was full and the insert failed (LRU could not evict).
     ConnInsertFail,
+    /// A new connection went to the real its client's persistence template names.
+    Persisted,
 }
 
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 19;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -290,6 +320,7 @@ impl Reason {
         Reason::DropAdjust,
         Reason::IcmpForwarded,
         Reason::ConnInsertFail,
+        Reason::Persisted,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -312,6 +343,7 @@ impl Reason {
             Reason::DropAdjust => "drop_adjust",
             Reason::IcmpForwarded => "icmp_forwarded",
             Reason::ConnInsertFail => "conn_insert_fail",
+            Reason::Persisted => "persisted",
         }
     }
 }
@@ -362,4 +394,6 @@ mod user {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for PersistKey {}
+    unsafe impl aya::Pod for Persist {}
 }

@@ -129,12 +129,17 @@ impl Fixture {
 
     /// Runs the director once on `frame`, as if it arrived on `fx0`, on CPU 0.
     pub fn run(&self, frame: &[u8]) -> Result<Outcome> {
+        self.run_on(0, frame)
+    }
+
+    /// Runs the director on `frame` from a thread pinned to `cpu`.
+    pub fn run_on(&self, cpu: usize, frame: &[u8]) -> Result<Outcome> {
         let prog: &Xdp = self
             .bpf
             .program(lb_common::PROG_LB)
             .context("lb_xdp missing")?
             .try_into()?;
-        run_xdp(&self.ns, prog, self.ifindex, frame)
+        run_xdp_on(&self.ns, prog, self.ifindex, cpu, frame)
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -145,10 +150,14 @@ impl Fixture {
 /// `BPF_PROG_TEST_RUN` on `frame` received on `ifindex`, from a thread inside `ns` pinned to
 /// CPU 0 (so per-CPU state is one CPU's).
 pub fn run_xdp(ns: &Netns, prog: &Xdp, ifindex: u32, frame: &[u8]) -> Result<Outcome> {
+    run_xdp_on(ns, prog, ifindex, 0, frame)
+}
+
+pub fn run_xdp_on(ns: &Netns, prog: &Xdp, ifindex: u32, cpu: usize, frame: &[u8]) -> Result<Outcome> {
     let frame = frame.to_vec();
     let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
     ns.run(move || -> Result<Outcome> {
-        pin_cpu0()?;
+        pin_cpu(cpu)?;
         let mut out = vec![0u8; frame.len() + 512];
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
         let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
@@ -226,9 +235,13 @@ pub fn test_run_fd(
 }
 
 pub fn pin_cpu0() -> Result<()> {
+    pin_cpu(0)
+}
+
+pub fn pin_cpu(cpu: usize) -> Result<()> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
         }

@@ -61,9 +61,11 @@ fn attach_status_detach_round_trip() {
     assert_eq!(d.sysctl_read(fwd_key).unwrap(), "0", "forwarding not restored");
     assert_one_line_error(&lbadm(d, &pins.0, &["status"]), &["not attached", "lbadm attach --iface IF"]);
 
-    // Detached means really detached: attaching again works.
-    let o = lbadm(d, &pins.0, &["attach", "--iface", "eth0"]);
+    // Detached means really detached: attaching again works, here in generic mode.
+    let o = lbadm(d, &pins.0, &["attach", "--iface", "eth0", "--generic"]);
     assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("(generic XDP)"));
+    assert!(text(&lbadm(d, &pins.0, &["status"])).0.contains("(generic XDP)"));
     assert!(lbadm(d, &pins.0, &["detach"]).status.success());
 }
 

@@ -24,7 +24,8 @@ use lb_common::{
     Config, Conn, ConnKey, Counters, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, MAX_CONNS,
     MAX_REALS, MAX_SERVICES, NEIGH_META_MAGIC, NeighMeta, REAL_F_IN_USE, REASON_COUNT, Real,
     Reason, SCHED_MH, SCHED_SLOTS, SchedTable, Service, ServiceKey, conn_timeout_secs,
-    NEXTHOP_TTL_NS, NextHop, VIP_FILTER_WORDS, vip_filter_bit,
+    NEXTHOP_TTL_NS, NextHop, VIP_FILTER_WORDS, vip_filter_bit, CONN_F_PERSIST, MAX_PERSIST,
+    Persist, PersistKey,
     CONN_CLOSE, CONN_ESTABLISHED, CONN_FIN_WAIT, CONN_SYN_RECV, CONN_UDP,
 };
 use lb_ebpf::{
@@ -65,6 +66,9 @@ static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map(name = "LB_VIP_FILTER")]
 static VIP_FILTER: Array<u64> = Array::pinned(VIP_FILTER_WORDS, 0);
+
+#[map(name = "LB_PERSIST")]
+static PERSIST: LruHashMap<PersistKey, Persist> = LruHashMap::pinned(MAX_PERSIST, 0);
 
 #[map(name = "LB_NEXTHOPS")]
 static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::pinned(MAX_REALS, 0);
@@ -221,11 +225,7 @@ fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
     let (real_id, real, svc_id, event) = match established(&key, flags, now) {
         Ok((id, real)) => (id, real, real.service_id, Reason::TxForwarded),
         Err(hint) => {
-            let skey = ServiceKey { addr: pkt.daddr, port: dport, proto: pkt.proto, _pad: 0 };
-            let svc = match SERVICES.get_ptr(&skey) {
-                Some(s) => unsafe { *s },
-                None => return Err(pass(Reason::PassNotService)),
-            };
+            let svc = lookup_service(pkt.daddr, dport, pkt.proto).ok_or(pass(Reason::PassNotService))?;
             match schedule_new(ctx, &key, &svc, flags, now, hint) {
                 Ok((id, real, event)) => {
                     debug!(
@@ -325,6 +325,18 @@ fn real_valid(id: u32, gen_: u32, svc_id: u32) -> Option<Real> {
     }
 }
 
+/// The service for a destination: the exact port, else a persistent port-0 service of the VIP.
+#[inline(always)]
+fn lookup_service(addr: u32, port: u16, proto: u8) -> Option<Service> {
+    let mut key = ServiceKey { addr, port, proto, _pad: 0 };
+    if let Some(s) = SERVICES.get_ptr(&key) {
+        return Some(unsafe { *s });
+    }
+    key.port = 0;
+    let s = unsafe { *SERVICES.get_ptr(&key)? };
+    if s.persist_timeout > 0 { Some(s) } else { None }
+}
+
 /// The real of a live connection entry. Otherwise says why there is none: `NewConn`,
 /// `NonSynMiss` (no entry for a mid-stream packet) or `Rescheduled` (its real was removed).
 #[inline(always)]
@@ -348,6 +360,12 @@ fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Reason
     if state != conn.state || age > LAST_SEEN_SLACK_NS {
         conn.state = state;
         conn.last_seen_ns = now;
+        if conn.flags & CONN_F_PERSIST != 0 {
+            let pk = PersistKey { service_id: conn.service_id, saddr: key.saddr };
+            if let Some(t) = PERSIST.get_ptr_mut(&pk) {
+                unsafe { (*t).last_seen_ns = now };
+            }
+        }
     }
     Ok((conn.real_id, real))
 }
@@ -362,7 +380,23 @@ fn schedule_new(
     now: u64,
     event: Reason,
 ) -> Result<(u32, Real, Reason), Reason> {
-    let (real_id, real) = schedule(key, svc)?;
+    let persistent = svc.persist_timeout > 0;
+    let pk = PersistKey { service_id: svc.id, saddr: key.saddr };
+    let mut event = event;
+    let (real_id, real) = match persistent.then(|| persisted(&pk, svc, now)).flatten() {
+        Some(found) => {
+            event = Reason::Persisted;
+            found
+        }
+        None => {
+            let (id, real) = schedule(key, svc)?;
+            if persistent {
+                let t = Persist { real_id: id, real_gen: real.generation, last_seen_ns: now };
+                let _ = PERSIST.insert(&pk, &t, 0);
+            }
+            (id, real)
+        }
+    };
     // Katran's lesson: an RST needs no state, and inserting on it lets a scan fill the table.
     if flags & TCP_RST == 0 {
         let conn = Conn {
@@ -370,7 +404,8 @@ fn schedule_new(
             real_gen: real.generation,
             service_id: svc.id,
             state: next_state(key.proto, flags, 0),
-            _pad: [0; 3],
+            flags: if persistent { CONN_F_PERSIST } else { 0 },
+            _pad: [0; 2],
             last_seen_ns: now,
         };
         if CONNS.insert(key, &conn, 0).is_err() {
@@ -379,6 +414,24 @@ fn schedule_new(
         }
     }
     Ok((real_id, real, event))
+}
+
+/// The real a client's live persistence template names, refreshed. A template whose real was
+/// removed or quiesced (weight 0) is ignored: a health check that quiesces a dead real must move
+/// its persistent clients too (IPVS needs `expire_quiescent_template=1` for that).
+#[inline(always)]
+fn persisted(pk: &PersistKey, svc: &Service, now: u64) -> Option<(u32, Real)> {
+    let t = PERSIST.get_ptr_mut(pk)?;
+    let t = unsafe { &mut *t };
+    if now.wrapping_sub(t.last_seen_ns) > svc.persist_timeout as u64 * NS_PER_SEC {
+        return None;
+    }
+    let real = real_valid(t.real_id, t.real_gen, svc.id)?;
+    if real.weight == 0 {
+        return None;
+    }
+    t.last_seen_ns = now;
+    Some((t.real_id, real))
 }
 
 /// Picks a real for a new connection from the service's live scheduling table.
@@ -745,16 +798,13 @@ fn forward_icmp_error(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict
         proto: quoted.proto,
         _pad: [0; 3],
     };
-    let skey = ServiceKey { addr: key.daddr, port: key.dport, proto: key.proto, _pad: 0 };
-    let svc = match SERVICES.get_ptr(&skey) {
-        Some(s) => unsafe { *s },
-        None => return Err(pass(Reason::PassNotService)),
-    };
+    // The connection entry names the service through its real; no service lookup needed.
     let conn = match CONNS.get_ptr(&key) {
         Some(c) => unsafe { *c },
         None => return Err(pass(Reason::PassNotService)),
     };
-    let real = real_valid(conn.real_id, conn.real_gen, svc.id).ok_or(pass(Reason::PassNotService))?;
+    let real = real_valid(conn.real_id, conn.real_gen, conn.service_id)
+        .ok_or(pass(Reason::PassNotService))?;
     let v = encapsulate(ctx, pkt, conn.real_id, &real, unsafe { bpf_ktime_get_coarse_ns() })?;
     bump(Reason::IcmpForwarded);
     Ok(v)

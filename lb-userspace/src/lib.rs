@@ -3,6 +3,7 @@
 
 pub mod datapath;
 pub mod decap;
+pub mod ipvsadm_format;
 pub mod netlink;
 pub mod scheduler;
 pub mod services;

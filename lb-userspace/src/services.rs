@@ -154,6 +154,7 @@ pub struct Maps {
     pub reasons: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, Config>,
     pub vip_filter: Array<MapData, u64>,
+    pub persist: HashMap<MapData, lb_common::PersistKey, lb_common::Persist>,
     pin_dir: PathBuf,
 }
 
@@ -195,6 +196,7 @@ impl Maps {
             reasons: typed!(pin_dir, MAP_REASONS),
             config: typed!(pin_dir, MAP_CONFIG),
             vip_filter: typed!(pin_dir, MAP_VIP_FILTER),
+            persist: typed!(pin_dir, lb_common::MAP_PERSIST),
             pin_dir: pin_dir.into(),
         })
     }
@@ -451,6 +453,15 @@ impl Maps {
 
     fn zero_real_stats(&mut self, slot: u32) -> Result<()> {
         self.real_stats.set(slot, zeros()?, 0).map_err(map_err("zeroing LB_REAL_STATS"))
+    }
+
+    /// Zeroes the counters of a service and its reals (`ipvsadm -Z`).
+    pub fn zero_service(&mut self, s: &InstalledService) -> Result<()> {
+        self.svc_stats.set(s.slot, zeros()?, 0).map_err(map_err("zeroing LB_SVC_STATS"))?;
+        for &r in &s.real_slots {
+            self.zero_real_stats(r)?;
+        }
+        Ok(())
     }
 
     pub fn service_stats(&self, slot: u32) -> Result<Counters> {

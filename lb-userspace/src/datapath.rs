@@ -87,9 +87,8 @@ fn one_line(e: &dyn std::error::Error) -> String {
     let reason = log
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("verification time") && !l.starts_with("processed ")
+        .rfind(|l| !l.is_empty() && !l.starts_with("verification time") && !l.starts_with("processed ")
             && !l.starts_with("stack depth") && !l.starts_with(':'))
-        .last()
         .unwrap_or("(empty log)");
     format!("{} verifier says: {reason} (kernel {})", head.trim(), kernel_release())
 }

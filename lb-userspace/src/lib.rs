@@ -1,9 +1,12 @@
 //! lbadm's library: loading and attaching the data path, and the one module that changes its
 //! configuration maps.
 
+pub mod conntrack;
 pub mod datapath;
 pub mod decap;
+pub mod ipvsadm_command;
 pub mod ipvsadm_format;
+pub mod ipvsadm_grammar;
 pub mod netlink;
 pub mod scheduler;
 pub mod services;

@@ -237,8 +237,7 @@ impl Maps {
                 },
             );
         }
-        for (slot, r) in self.reals.iter().enumerate() {
-            let r = r.map_err(map_err("reading LB_REALS"))?;
+        for (slot, r) in self.all_reals()?.into_iter().enumerate() {
             if r.flags & REAL_F_IN_USE == 0 {
                 continue;
             }
@@ -431,7 +430,19 @@ impl Maps {
         Ok(())
     }
 
+    /// Every entry of the reals array. One `BPF_MAP_LOOKUP_BATCH` (Linux 5.6+) instead of a
+    /// lookup per slot: listing and every change read the whole array.
+    pub fn all_reals(&self) -> Result<Vec<Real>> {
+        if let Some(v) = batch_read_array::<Real>(&self.reals, MAX_REALS) {
+            return Ok(v);
+        }
+        self.reals.iter().map(|r| r.map_err(map_err("reading LB_REALS"))).collect()
+    }
+
     fn read_filter(&self) -> Result<Vec<u64>> {
+        if let Some(v) = batch_read_array::<u64>(&self.vip_filter, VIP_FILTER_WORDS) {
+            return Ok(v);
+        }
         (0..VIP_FILTER_WORDS)
             .map(|i| self.vip_filter.get(&i, 0).map_err(map_err("reading LB_VIP_FILTER")))
             .collect()
@@ -485,6 +496,48 @@ impl Maps {
 
     pub fn config(&self) -> Result<Config> {
         self.config.get(&0, 0).map_err(map_err("reading LB_CONFIG"))
+    }
+}
+
+/// Reads a whole array map with `BPF_MAP_LOOKUP_BATCH`; None if the kernel refuses (then the
+/// caller falls back to single lookups).
+fn batch_read_array<T: aya::Pod + Default + Clone>(map: &Array<MapData, T>, len: u32) -> Option<Vec<T>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let fd = aya::maps::IterableMap::map(map).fd().as_fd().as_raw_fd();
+    let mut keys = vec![0u32; len as usize];
+    let mut values = vec![T::default(); len as usize];
+    let mut out_batch = 0u32;
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: &mut out_batch as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: len,
+        map_fd: fd as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32)
+    };
+    // The whole array fits in one batch: success, or ENOENT ("no more") with everything read.
+    let done = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
+    if done && attr.count == len {
+        Some(values)
+    } else {
+        None
     }
 }
 

@@ -1,4 +1,7 @@
 //! `lbadm`: the director's command line.
+//!
+//! `lbadm attach|detach|status|log …` manage the data path; everything else is ipvsadm's
+//! grammar (`-A`, `-a`, `-L -n`, `-S`, `-R`, …), run against the pinned maps.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -9,7 +12,7 @@ use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 #[command(name = "lbadm", version, about = "Layer-4 load balancer (LVS-TUN) on XDP")]
 struct Cli {
     /// bpffs directory holding the pinned maps and links.
-    #[arg(long, global = true, default_value = datapath::DEFAULT_PIN_DIR)]
+    #[arg(long, global = true, env = "LBADM_PIN_DIR", default_value = datapath::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -43,7 +46,17 @@ enum Cmd {
     },
 }
 
+/// The words that select lbadm's own commands; any other first argument is ipvsadm grammar.
+const SUBCOMMANDS: &[&str] = &["attach", "detach", "status", "log", "help"];
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let first = args.get(1).map(String::as_str);
+    let is_sub = first.is_some_and(|a| SUBCOMMANDS.contains(&a))
+        || (first == Some("--pin-dir") && args.get(3).is_some_and(|a| SUBCOMMANDS.contains(&a.as_str())));
+    if !is_sub {
+        return ipvsadm(&args);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,6 +65,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// ipvsadm's command line. The pin directory comes from `LBADM_PIN_DIR` (ipvsadm's grammar
+/// has no place for it).
+fn ipvsadm(args: &[String]) -> ExitCode {
+    let program = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "lbadm".into());
+    let pin_dir = std::env::var_os("LBADM_PIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(datapath::DEFAULT_PIN_DIR));
+    let out = lb_userspace::ipvsadm_command::run(&program, &args[1..], &pin_dir, &mut std::io::stdin());
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(out.stdout.as_bytes());
+    let _ = std::io::stderr().write_all(out.stderr.as_bytes());
+    ExitCode::from(out.code as u8)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

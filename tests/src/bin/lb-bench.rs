@@ -193,6 +193,41 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
     println!("next hop: bpf_fib_lookup {fib:.1} ns vs userspace-kept map {nh:.1} ns ({:+.1} ns per packet)", fib - nh);
     println!("targets: (a) <= 3 x (d): {}   (c) <= 1.5 x (e): {}",
         verdict(est_c / floor <= 3.0), verdict(nonvip / empty <= 1.5));
+    println!();
+    bench_cli()
+}
+
+/// `lbadm -R` of 1,000 services x 10 reals and `lbadm -L -n` of that table, in process, on
+/// freshly loaded maps.
+fn bench_cli() -> Result<()> {
+    use lb_userspace::ipvsadm_command::run;
+    let pins = fixture::PinDir::new("benchcli");
+    let _obj = datapath::load(&pins.0, datapath::LogLevel::Off)?;
+    let mut rules = String::new();
+    for s in 0..1000u32 {
+        let vip = format!("198.19.{}.{}:6033", s / 250, s % 250 + 1);
+        rules += &format!("-A -t {vip} -s wrr\n");
+        for r in 0..10u32 {
+            rules += &format!("-a -t {vip} -r 198.18.{}.{}:6033 -i -w {} --tun-type ipip\n", 100 + r, s % 250 + 1, r + 1);
+        }
+    }
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (mut restore, mut list) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let o = run("lbadm", &argv(&["-C"]), &pins.0, &mut std::io::empty());
+        anyhow::ensure!(o.code == 0, "-C: {}", o.stderr);
+        let t = std::time::Instant::now();
+        let o = run("lbadm", &argv(&["-R"]), &pins.0, &mut rules.as_bytes());
+        restore.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(o.code == 0, "-R: {}", o.stderr);
+        let t = std::time::Instant::now();
+        let o = run("lbadm", &argv(&["-L", "-n"]), &pins.0, &mut std::io::empty());
+        list.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(o.code == 0 && o.stdout.lines().count() == 11_003, "-L -n: {}", o.stderr);
+    }
+    println!("lbadm, 1,000 services x 10 reals, medians of 5 (aims: -R <= 1000 ms, -L -n <= 100 ms):");
+    println!("  -R (restore, from empty)     {:>8.1} ms", median(&mut restore));
+    println!("  -L -n                        {:>8.1} ms", median(&mut list));
     Ok(())
 }
 

@@ -1,0 +1,413 @@
+//! Runs an ipvsadm command line against the director's maps: the parsed invocation
+//! (`ipvsadm_grammar`) becomes a change to the in-memory service table, applied by
+//! [`Maps::apply_locked`] as one transaction, or a listing rendered by `ipvsadm_format`.
+//!
+//! Every change reads the current table under the lock, edits a copy, validates it and applies
+//! the difference; a command that fails changes no map. `-R` applies a whole file the same way:
+//! all of it or nothing (ipvsadm stops half-way, leaving the lines before the error applied).
+
+use crate::{
+    conntrack,
+    ipvsadm_format::{self as fmt, ListOptions, ListReal, ListService, Resolver},
+    ipvsadm_grammar::{self as grammar, Command, Invocation},
+    scheduler::Scheduler,
+    services::{Maps, Protocol, RealServer, ServiceError, ServiceId, VirtualService},
+};
+use lb_common::Counters;
+use std::{collections::HashMap, io::Read, path::Path, time::Duration};
+
+/// What a run printed and how it exits.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: i32,
+}
+
+impl Outcome {
+    fn ok(stdout: String) -> Self {
+        Outcome { stdout, stderr: String::new(), code: 0 }
+    }
+
+    fn err(message: impl Into<String>, code: i32) -> Self {
+        let mut stderr = message.into();
+        if !stderr.ends_with('\n') {
+            stderr.push('\n');
+        }
+        Outcome { stdout: String::new(), stderr, code }
+    }
+}
+
+/// The scheduler `-A` gets without `-s`. ipvsadm's default, `wlc`, needs live connection counts
+/// in the data path; `wrr` honours the weights the same way for equal-cost connections.
+pub const DEFAULT_SCHEDULER: Scheduler = Scheduler::Wrr;
+pub const IPVS_VERSION: &str = "1.2.1";
+pub const TIMEOUTS: (u32, u32, u32) = (
+    lb_common::TIMEOUT_ESTABLISHED as u32,
+    lb_common::TIMEOUT_FIN_WAIT as u32,
+    lb_common::TIMEOUT_UDP as u32,
+);
+/// `--rate` samples the counters twice, this far apart (IPVS keeps a 2-second estimator in the
+/// kernel; the data path keeps plain counters).
+pub const RATE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An operation error with ipvsadm's text for it (exit 255, as ipvsadm's `return -1`).
+fn op_err(msg: &str) -> Outcome {
+    Outcome::err(msg, 255)
+}
+
+fn map_failure(e: ServiceError) -> Outcome {
+    match e {
+        ServiceError::NotAttached(_) => Outcome::err(format!("lbadm: {e}"), 2),
+        ServiceError::TooManyServices | ServiceError::TooManyReals => {
+            Outcome::err("Memory allocation problem", 255)
+        }
+        other => Outcome::err(format!("lbadm: {other}"), 255),
+    }
+}
+
+/// Runs one ipvsadm command line (`args` without the program name).
+pub fn run(program: &str, args: &[String], pin_dir: &Path, stdin: &mut dyn Read) -> Outcome {
+    let inv = match grammar::parse_as(program, args) {
+        Ok(inv) => inv,
+        Err(e) => return Outcome::err(e.message, e.exit_code),
+    };
+    match inv.command {
+        Command::Help => return Outcome::ok(grammar::usage(program)),
+        Command::Version => return Outcome::ok(format!("{}\n", grammar::VERSION_LINE)),
+        Command::Set => return Outcome::err(grammar::SET_UNSUPPORTED, 2),
+        Command::StartDaemon | Command::StopDaemon => {
+            return Outcome::err(grammar::DAEMON_UNSUPPORTED, 2);
+        }
+        _ => {}
+    }
+    for (given, option) in [
+        (inv.thresholds, "--thresholds"),
+        (inv.persistent_conn, "--persistent-conn"),
+        (inv.tun_info, "--tun-info"),
+    ] {
+        if given {
+            return Outcome::err(
+                format!("Option '{option}' is not supported by this director's listings (use -L -n, --stats, --rate, -c or --json)"),
+                2,
+            );
+        }
+    }
+    let mut maps = match Maps::open(pin_dir) {
+        Ok(m) => m,
+        Err(e) => return map_failure(e),
+    };
+    match inv.command {
+        Command::List => list(&maps, &inv),
+        Command::Save => save(&maps, inv.numeric),
+        Command::Zero => zero(&mut maps, &inv),
+        Command::Restore => restore(program, &mut maps, stdin),
+        _ => change(&mut maps, |table| edit(table, &inv)),
+    }
+}
+
+/// Runs `f` on the current table under the lock and applies the result, or nothing.
+fn change(maps: &mut Maps, f: impl FnOnce(&mut Vec<VirtualService>) -> Result<(), Outcome>) -> Outcome {
+    let _lock = match maps.lock() {
+        Ok(l) => l,
+        Err(e) => return map_failure(e),
+    };
+    let mut table: Vec<VirtualService> = match maps.read() {
+        Ok(t) => t.into_iter().map(|s| s.spec).collect(),
+        Err(e) => return map_failure(e),
+    };
+    if let Err(o) = f(&mut table) {
+        return o;
+    }
+    match maps.apply_locked(&table) {
+        Ok(()) => Outcome::default(),
+        Err(e) => map_failure(e),
+    }
+}
+
+fn service_id(inv: &Invocation) -> Option<ServiceId> {
+    inv.service.as_ref().map(|s| ServiceId {
+        proto: match s.proto {
+            grammar::Proto::Tcp => Protocol::Tcp,
+            grammar::Proto::Udp => Protocol::Udp,
+        },
+        addr: s.addr,
+        port: s.port,
+    })
+}
+
+fn scheduler(name: Option<&str>) -> Result<Scheduler, Outcome> {
+    match name {
+        None => Ok(DEFAULT_SCHEDULER),
+        Some(n) => n.parse().map_err(|_| op_err("Scheduler or persistence engine not found")),
+    }
+}
+
+/// Applies one configuration command to the in-memory table, with the kernel's error texts.
+fn edit(table: &mut Vec<VirtualService>, inv: &Invocation) -> Result<(), Outcome> {
+    let id = service_id(inv);
+    let pos = |table: &Vec<VirtualService>| id.and_then(|id| table.iter().position(|s| s.id == id));
+    match inv.command {
+        Command::Clear => table.clear(),
+        Command::AddService => {
+            let id = id.expect("the grammar requires a service");
+            let sched = scheduler(inv.scheduler.as_deref())?;
+            if pos(table).is_some() {
+                return Err(op_err("Service already exists"));
+            }
+            table.push(VirtualService { id, sched, persistence: inv.persistent.unwrap_or(0), reals: Vec::new() });
+        }
+        Command::EditService => {
+            let sched = scheduler(inv.scheduler.as_deref())?;
+            let i = pos(table).ok_or_else(|| op_err("No such service"))?;
+            // ipvsadm -E sends a full service spec: what is not given takes its default.
+            table[i].sched = sched;
+            table[i].persistence = inv.persistent.unwrap_or(0);
+        }
+        Command::DeleteService => {
+            let i = pos(table).ok_or_else(|| op_err("No such service"))?;
+            table.remove(i);
+        }
+        Command::AddServer | Command::EditServer | Command::DeleteServer => {
+            let i = pos(table).ok_or_else(|| op_err("Service not defined"))?;
+            let (addr, _port) = inv.real.expect("the grammar requires a real server");
+            let reals = &mut table[i].reals;
+            let r = reals.iter().position(|r| r.addr == addr);
+            match (inv.command, r) {
+                (Command::AddServer, Some(_)) => return Err(op_err("Destination already exists")),
+                (Command::AddServer, None) => {
+                    reals.push(RealServer { addr, weight: inv.weight.unwrap_or(1) })
+                }
+                (_, None) => return Err(op_err("No such destination")),
+                (Command::EditServer, Some(r)) => reals[r].weight = inv.weight.unwrap_or(1),
+                (_, Some(r)) => {
+                    reals.remove(r);
+                }
+            }
+        }
+        _ => unreachable!("not a configuration command"),
+    }
+    Ok(())
+}
+
+fn restore(program: &str, maps: &mut Maps, stdin: &mut dyn Read) -> Outcome {
+    let mut input = String::new();
+    if let Err(e) = stdin.read_to_string(&mut input) {
+        return Outcome::err(format!("lbadm: reading the rules from standard input: {e}"), 2);
+    }
+    change(maps, |table| {
+        for args in grammar::restore_lines(&input) {
+            let inv = grammar::parse_as(program, &args).map_err(|e| Outcome::err(e.message, e.exit_code))?;
+            match inv.command {
+                Command::AddService
+                | Command::EditService
+                | Command::DeleteService
+                | Command::Clear
+                | Command::AddServer
+                | Command::EditServer
+                | Command::DeleteServer => edit(table, &inv)?,
+                // ipvsadm treats other commands inside a restore as a usage error.
+                _ => return Err(Outcome::err(grammar::try_help(program), 255)),
+            }
+        }
+        Ok(())
+    })
+}
+
+fn zero(maps: &mut Maps, inv: &Invocation) -> Outcome {
+    let _lock = match maps.lock() {
+        Ok(l) => l,
+        Err(e) => return map_failure(e),
+    };
+    let installed = match maps.read() {
+        Ok(t) => t,
+        Err(e) => return map_failure(e),
+    };
+    let id = service_id(inv);
+    let chosen: Vec<_> = installed.iter().filter(|s| id.is_none_or(|id| s.spec.id == id)).collect();
+    if id.is_some() && chosen.is_empty() {
+        return op_err("No such service");
+    }
+    for s in chosen {
+        if let Err(e) = maps.zero_service(s) {
+            return map_failure(e);
+        }
+    }
+    Outcome::default()
+}
+
+/// Counters of every installed service and real, by slot.
+struct Sample {
+    services: HashMap<u32, Counters>,
+    reals: HashMap<u32, Counters>,
+}
+
+fn sample(maps: &Maps, installed: &[crate::services::InstalledService]) -> Result<Sample, ServiceError> {
+    let mut s = Sample { services: HashMap::new(), reals: HashMap::new() };
+    for svc in installed {
+        s.services.insert(svc.slot, maps.service_stats(svc.slot)?);
+        for &r in &svc.real_slots {
+            s.reals.insert(r, maps.real_stats(r)?);
+        }
+    }
+    Ok(s)
+}
+
+fn stats(c: Counters) -> fmt::Stats {
+    fmt::Stats { conns: c.conns, inpkts: c.packets, outpkts: 0, inbytes: c.bytes, outbytes: 0 }
+}
+
+fn rate(a: Counters, b: Counters, secs: f64) -> fmt::Stats {
+    let per = |x: u64, y: u64| ((y.saturating_sub(x)) as f64 / secs).round() as u64;
+    fmt::Stats {
+        conns: per(a.conns, b.conns),
+        inpkts: per(a.packets, b.packets),
+        outpkts: 0,
+        inbytes: per(a.bytes, b.bytes),
+        outbytes: 0,
+    }
+}
+
+fn list(maps: &Maps, inv: &Invocation) -> Outcome {
+    if inv.timeout {
+        return Outcome::ok(fmt::timeouts(TIMEOUTS.0, TIMEOUTS.1, TIMEOUTS.2));
+    }
+    if inv.daemon {
+        // ipvsadm prints nothing when no sync daemon runs.
+        return Outcome::default();
+    }
+    let resolver: &dyn Resolver = if inv.numeric { &fmt::NumericResolver } else { &fmt::SystemResolver };
+    let installed = match maps.read() {
+        Ok(t) => t,
+        Err(e) => return map_failure(e),
+    };
+    if inv.connection {
+        return match conntrack::entries(maps, &installed) {
+            Ok(rows) => Outcome::ok(fmt::connections(&rows, inv.numeric, resolver)),
+            Err(e) => map_failure(e),
+        };
+    }
+    let id = service_id(inv);
+    let chosen: Vec<_> = installed.iter().filter(|s| id.is_none_or(|id| s.spec.id == id)).cloned().collect();
+    if id.is_some() && chosen.is_empty() {
+        return Outcome::err("No such service", 1);
+    }
+    let first = match sample(maps, &chosen) {
+        Ok(s) => s,
+        Err(e) => return map_failure(e),
+    };
+    let second = if inv.rate && !inv.stats {
+        std::thread::sleep(RATE_INTERVAL);
+        match sample(maps, &chosen) {
+            Ok(s) => Some(s),
+            Err(e) => return map_failure(e),
+        }
+    } else {
+        None
+    };
+    let counts = match conntrack::counts_by_real(maps) {
+        Ok(c) => c,
+        Err(e) => return map_failure(e),
+    };
+    let secs = RATE_INTERVAL.as_secs_f64();
+    let rows: Vec<ListService> = chosen
+        .iter()
+        .map(|s| {
+            let now = |slot: u32, m: &HashMap<u32, Counters>| m.get(&slot).copied().unwrap_or_default();
+            let svc_rate = second
+                .as_ref()
+                .map(|b| rate(now(s.slot, &first.services), now(s.slot, &b.services), secs))
+                .unwrap_or_default();
+            ListService {
+                proto: match s.spec.id.proto {
+                    Protocol::Tcp => fmt::Proto::Tcp,
+                    Protocol::Udp => fmt::Proto::Udp,
+                },
+                addr: s.spec.id.addr,
+                port: s.spec.id.port,
+                sched: s.spec.sched.name().to_string(),
+                persistent: (s.spec.persistence > 0).then_some(s.spec.persistence),
+                stats: stats(now(s.slot, &first.services)),
+                rate: svc_rate,
+                reals: s
+                    .spec
+                    .reals
+                    .iter()
+                    .zip(&s.real_slots)
+                    .map(|(r, &slot)| {
+                        let (active, inactive) = counts.get(&slot).copied().unwrap_or((0, 0));
+                        ListReal {
+                            addr: r.addr,
+                            // Tunnel mode: the real port is the virtual port.
+                            port: s.spec.id.port,
+                            weight: r.weight,
+                            active,
+                            inactive,
+                            stats: stats(now(slot, &first.reals)),
+                            rate: second
+                                .as_ref()
+                                .map(|b| rate(now(slot, &first.reals), now(slot, &b.reals), secs))
+                                .unwrap_or_default(),
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    if inv.json {
+        return Outcome::ok(format!("{}\n", serde_json::to_string_pretty(&fmt::json(&rows)).unwrap_or_default()));
+    }
+    let columns = if inv.stats {
+        fmt::Columns::Stats
+    } else if inv.rate {
+        fmt::Columns::Rate
+    } else {
+        fmt::Columns::Default
+    };
+    let opts = ListOptions {
+        numeric: inv.numeric,
+        exact: inv.exact,
+        columns,
+        single_service: id.is_some(),
+        sort: !inv.nosort,
+    };
+    Outcome::ok(fmt::list(&rows, &opts, lb_common::MAX_CONNS, resolver))
+}
+
+fn save(maps: &Maps, numeric: bool) -> Outcome {
+    let installed = match maps.read() {
+        Ok(t) => t,
+        Err(e) => return map_failure(e),
+    };
+    let rows: Vec<ListService> = installed
+        .iter()
+        .map(|s| ListService {
+            proto: match s.spec.id.proto {
+                Protocol::Tcp => fmt::Proto::Tcp,
+                Protocol::Udp => fmt::Proto::Udp,
+            },
+            addr: s.spec.id.addr,
+            port: s.spec.id.port,
+            sched: s.spec.sched.name().to_string(),
+            persistent: (s.spec.persistence > 0).then_some(s.spec.persistence),
+            stats: fmt::Stats::default(),
+            rate: fmt::Stats::default(),
+            reals: s
+                .spec
+                .reals
+                .iter()
+                .map(|r| ListReal {
+                    addr: r.addr,
+                    port: s.spec.id.port,
+                    weight: r.weight,
+                    active: 0,
+                    inactive: 0,
+                    stats: fmt::Stats::default(),
+                    rate: fmt::Stats::default(),
+                })
+                .collect(),
+        })
+        .collect();
+    let resolver: &dyn Resolver = if numeric { &fmt::NumericResolver } else { &fmt::SystemResolver };
+    Outcome::ok(fmt::save(&rows, numeric, resolver))
+}

@@ -411,3 +411,31 @@ fn save(maps: &Maps, numeric: bool) -> Outcome {
     let resolver: &dyn Resolver = if numeric { &fmt::NumericResolver } else { &fmt::SystemResolver };
     Outcome::ok(fmt::save(&rows, numeric, resolver))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_names_the_default_scheduler_we_apply() {
+        let u = grammar::usage("lbadm");
+        assert!(u.contains(&format!("the default scheduler is {}.", DEFAULT_SCHEDULER.name())), "{u}");
+    }
+
+    #[test]
+    fn commands_that_need_no_maps_run_without_them() {
+        let none = Path::new("/nonexistent/lbadm");
+        let run = |a: &[&str]| run("lbadm", &a.iter().map(|s| s.to_string()).collect::<Vec<_>>(), none, &mut std::io::empty());
+        assert_eq!(run(&["-v"]).code, 0);
+        assert!(run(&["-h"]).stdout.starts_with(grammar::VERSION_LINE));
+        let o = run(&["--set", "1", "2", "3"]);
+        assert_eq!((o.code, o.stderr.trim_end()), (2, grammar::SET_UNSUPPORTED));
+        let o = run(&["-L", "-n", "--tun-info"]);
+        assert_eq!(o.code, 2);
+        assert!(o.stderr.contains("--tun-info"));
+        // Anything that reads or changes the table needs the data path.
+        let o = run(&["-A", "-t", "198.18.0.100:80"]);
+        assert_eq!(o.code, 2);
+        assert!(o.stderr.contains("lbadm attach --iface IF"), "{}", o.stderr);
+    }
+}

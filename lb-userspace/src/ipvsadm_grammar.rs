@@ -406,9 +406,6 @@ Options:
   --stats                             output of statistics information
   --rate                              output of rate information
   --exact                             expand numbers (display exact values)
-  --thresholds                        output of thresholds information
-  --persistent-conn                   output of persistent connection info
-  --tun-info                          output of tunnel information
   --nosort                            disable sorting output of service/server entries
   --sort                              does nothing, for backwards compatibility
   --numeric      -n                   numeric output of addresses and ports
@@ -417,7 +414,13 @@ Options:
 Not supported by this IPv4, IPIP-tunnel-only director (refused with exit 2):
   -f, --sctp-service, -6, -g, -m, --tun-type gue|gre, --tun-port, --tun-nocsum,
   --tun-csum, --tun-remcsum, -M other than 255.255.255.255, --pe, -b, -o, -x, -y,
-  --set, --start-daemon, --stop-daemon; and IPv6 addresses (exit 255).
+  --set, --start-daemon, --stop-daemon, -L --thresholds|--persistent-conn|--tun-info;
+  and IPv6 addresses (exit 255).
+
+The data path itself:
+  {program} attach --iface IF [--tunnel-source ADDR] [--generic] [--log-level LEVEL]
+  {program} detach | status [--json] | log
+  The pinned state lives in /sys/fs/bpf/lbadm (LBADM_PIN_DIR or --pin-dir to change).
 "
     )
 }

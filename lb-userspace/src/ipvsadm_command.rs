@@ -11,7 +11,7 @@ use crate::{
     ipvsadm_format::{self as fmt, ListOptions, ListReal, ListService, Resolver},
     ipvsadm_grammar::{self as grammar, Command, Invocation},
     scheduler::Scheduler,
-    services::{Maps, Protocol, RealServer, ServiceError, ServiceId, VirtualService},
+    services::{InstalledService, Maps, Protocol, RealServer, ServiceError, ServiceId, VirtualService},
 };
 use lb_common::Counters;
 use std::{collections::HashMap, io::Read, path::Path, time::Duration};
@@ -242,7 +242,7 @@ struct Sample {
     reals: HashMap<u32, Counters>,
 }
 
-fn sample(maps: &Maps, installed: &[crate::services::InstalledService]) -> Result<Sample, ServiceError> {
+fn sample(maps: &Maps, installed: &[InstalledService]) -> Result<Sample, ServiceError> {
     let mut s = Sample { services: HashMap::new(), reals: HashMap::new() };
     for svc in installed {
         s.services.insert(svc.slot, maps.service_stats(svc.slot)?);
@@ -309,51 +309,7 @@ fn list(maps: &Maps, inv: &Invocation) -> Outcome {
         Ok(c) => c,
         Err(e) => return map_failure(e),
     };
-    let secs = RATE_INTERVAL.as_secs_f64();
-    let rows: Vec<ListService> = chosen
-        .iter()
-        .map(|s| {
-            let now = |slot: u32, m: &HashMap<u32, Counters>| m.get(&slot).copied().unwrap_or_default();
-            let svc_rate = second
-                .as_ref()
-                .map(|b| rate(now(s.slot, &first.services), now(s.slot, &b.services), secs))
-                .unwrap_or_default();
-            ListService {
-                proto: match s.spec.id.proto {
-                    Protocol::Tcp => fmt::Proto::Tcp,
-                    Protocol::Udp => fmt::Proto::Udp,
-                },
-                addr: s.spec.id.addr,
-                port: s.spec.id.port,
-                sched: s.spec.sched.name().to_string(),
-                persistent: (s.spec.persistence > 0).then_some(s.spec.persistence),
-                stats: stats(now(s.slot, &first.services)),
-                rate: svc_rate,
-                reals: s
-                    .spec
-                    .reals
-                    .iter()
-                    .zip(&s.real_slots)
-                    .map(|(r, &slot)| {
-                        let (active, inactive) = counts.get(&slot).copied().unwrap_or((0, 0));
-                        ListReal {
-                            addr: r.addr,
-                            // Tunnel mode: the real port is the virtual port.
-                            port: s.spec.id.port,
-                            weight: r.weight,
-                            active,
-                            inactive,
-                            stats: stats(now(slot, &first.reals)),
-                            rate: second
-                                .as_ref()
-                                .map(|b| rate(now(slot, &first.reals), now(slot, &b.reals), secs))
-                                .unwrap_or_default(),
-                        }
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
+    let rows = to_rows(&chosen, Some(&first), second.as_ref(), &counts);
     if inv.json {
         return Outcome::ok(format!("{}\n", serde_json::to_string_pretty(&fmt::json(&rows)).unwrap_or_default()));
     }
@@ -379,37 +335,66 @@ fn save(maps: &Maps, numeric: bool) -> Outcome {
         Ok(t) => t,
         Err(e) => return map_failure(e),
     };
-    let rows: Vec<ListService> = installed
-        .iter()
-        .map(|s| ListService {
-            proto: match s.spec.id.proto {
-                Protocol::Tcp => fmt::Proto::Tcp,
-                Protocol::Udp => fmt::Proto::Udp,
-            },
-            addr: s.spec.id.addr,
-            port: s.spec.id.port,
-            sched: s.spec.sched.name().to_string(),
-            persistent: (s.spec.persistence > 0).then_some(s.spec.persistence),
-            stats: fmt::Stats::default(),
-            rate: fmt::Stats::default(),
-            reals: s
-                .spec
-                .reals
-                .iter()
-                .map(|r| ListReal {
-                    addr: r.addr,
-                    port: s.spec.id.port,
-                    weight: r.weight,
-                    active: 0,
-                    inactive: 0,
-                    stats: fmt::Stats::default(),
-                    rate: fmt::Stats::default(),
-                })
-                .collect(),
-        })
-        .collect();
+    let rows = to_rows(&installed, None, None, &HashMap::new());
     let resolver: &dyn Resolver = if numeric { &fmt::NumericResolver } else { &fmt::SystemResolver };
     Outcome::ok(fmt::save(&rows, numeric, resolver))
+}
+
+/// The formatter's view of installed services: counters from `first`, rates from the
+/// difference to `second`, connection counts by real slot.
+fn to_rows(
+    installed: &[InstalledService],
+    first: Option<&Sample>,
+    second: Option<&Sample>,
+    counts: &HashMap<u32, (u32, u32)>,
+) -> Vec<ListService> {
+    let secs = RATE_INTERVAL.as_secs_f64();
+    let at = |slot: u32, m: Option<&HashMap<u32, Counters>>| {
+        m.and_then(|m| m.get(&slot)).copied().unwrap_or_default()
+    };
+    let both = |slot: u32, pick: fn(&Sample) -> &HashMap<u32, Counters>| -> (fmt::Stats, fmt::Stats) {
+        let a = at(slot, first.map(pick));
+        let r = second.map(|b| rate(a, at(slot, Some(pick(b))), secs)).unwrap_or_default();
+        (stats(a), r)
+    };
+    installed
+        .iter()
+        .map(|s| {
+            let (svc_stats, svc_rate) = both(s.slot, |x| &x.services);
+            ListService {
+                proto: match s.spec.id.proto {
+                    Protocol::Tcp => fmt::Proto::Tcp,
+                    Protocol::Udp => fmt::Proto::Udp,
+                },
+                addr: s.spec.id.addr,
+                port: s.spec.id.port,
+                sched: s.spec.sched.name().to_string(),
+                persistent: (s.spec.persistence > 0).then_some(s.spec.persistence),
+                stats: svc_stats,
+                rate: svc_rate,
+                reals: s
+                    .spec
+                    .reals
+                    .iter()
+                    .zip(&s.real_slots)
+                    .map(|(r, &slot)| {
+                        let (active, inactive) = counts.get(&slot).copied().unwrap_or((0, 0));
+                        let (stats, rate) = both(slot, |x| &x.reals);
+                        ListReal {
+                            addr: r.addr,
+                            // Tunnel mode: the real port is the virtual port.
+                            port: s.spec.id.port,
+                            weight: r.weight,
+                            active,
+                            inactive,
+                            stats,
+                            rate,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

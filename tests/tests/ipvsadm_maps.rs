@@ -217,3 +217,30 @@ fn concurrent_lbadm_processes_never_corrupt_the_tables() {
          -A -t 198.18.0.101:6033 -s wrr\n-a -t 198.18.0.101:6033 -r 198.18.1.5:6033 -i -w 1 --tun-type ipip\n"
     );
 }
+
+#[test]
+fn stats_rate_and_json_listings() {
+    let d = director();
+    let p = &d.pins.0;
+    ok(p, &["-R"], RULES);
+    let stats = ok(p, &["-L", "-n", "--stats", "-t", "198.18.0.100:6033"], "");
+    assert_eq!(
+        stats,
+        "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n  -> RemoteAddress:Port\n\
+         TCP  198.18.0.100:6033                   0        0        0        0        0\n\
+         \x20 -> 198.18.0.11:6033                    0        0        0        0        0\n\
+         \x20 -> 198.18.0.12:6033                    0        0        0        0        0\n"
+    );
+    let rate = ok(p, &["-L", "-n", "--rate", "-t", "198.18.0.100:6033"], "");
+    assert!(rate.starts_with("Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n"), "{rate}");
+    assert_eq!(ok(p, &["-L", "--timeout"], ""), "Timeout (tcp tcpfin udp): 900 120 300\n");
+    let v: serde_json::Value = serde_json::from_str(&ok(p, &["-L", "-n", "--json"], "")).unwrap();
+    let svcs = v.as_array().expect("an array of services");
+    assert_eq!(svcs.len(), 3);
+    let s3306 = svcs.iter().find(|s| s["port"] == 3306).unwrap();
+    assert_eq!(s3306["persistent"], 600);
+    assert_eq!(s3306["reals"][0]["weight"], 0);
+    ok(p, &["-Z"], "");
+    let o = lbadm(p, &["-Z", "-t", "198.18.0.100:1"], "");
+    assert_eq!((o.code, o.stderr.as_str()), (255, "No such service\n"));
+}

@@ -519,6 +519,9 @@ fn persistence_pins_a_client_across_connections() {
     let rb = real_of(&f, &syn_from(b, 2000, PORT));
     assert_ne!(ra, rb, "rr should have given the second client the other real");
     assert_eq!(reason(&f.maps, Reason::Persisted), 10);
+    // Persisted connections are connections: 11 + 1 opened in all.
+    let svc_slot = f.maps.read().unwrap()[0].slot;
+    assert_eq!(f.maps.service_stats(svc_slot).unwrap().conns, 12);
 
     // Quiescing the template's real moves its client (our deliberate choice, see README).
     let (qa, other) = if ra == REAL1 { (0, REAL2) } else { (1, REAL1) };

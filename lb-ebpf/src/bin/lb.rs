@@ -263,8 +263,8 @@ fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
         Reason::TxForwarded | Reason::RedirectForwarded | Reason::PassNoNeigh
     );
     if forwarded {
-        let new_conn = event == Reason::NewConn || event == Reason::Rescheduled
-            || event == Reason::NonSynMiss;
+        // Every event but an existing connection's packet opened a connection on this real.
+        let new_conn = event != Reason::TxForwarded;
         count(&SVC_STATS, svc_id, pkt.tot_len, new_conn);
         count(&REAL_STATS, real_id, pkt.tot_len, new_conn);
     }

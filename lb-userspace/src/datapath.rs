@@ -293,22 +293,19 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
         .attach(&opts.iface, TcAttachType::Ingress)
         .ctx("attaching the TC ingress program")?;
     let tc_link = cls.take_link(tc_id).ctx("taking the TC link")?;
-    match FdLink::try_from(tc_link) {
-        Ok(fd) => {
-            fd.pin(opts.pin_dir.join(TC_LINK_PIN)).ctx("pinning the TC link")?;
-        }
-        Err(_) => {
-            // Before Linux 6.6 (no TCX) the filter lives in the qdisc; keep it after we exit
-            // and remove it by name on detach.
-            report.tc_netlink = true;
-        }
+    if tcx {
+        let fd = FdLink::try_from(tc_link).ctx("the TC program attached without a link")?;
+        fd.pin(opts.pin_dir.join(TC_LINK_PIN)).ctx("pinning the TC link")?;
+    } else {
+        // Before Linux 6.6 the filter lives in the qdisc. Dropping the link object would remove
+        // it, so it is forgotten instead; detach removes the filter by program name.
+        std::mem::forget(tc_link);
+        report.tc_netlink = true;
     }
 
-    let was = sysctl::read_u32(&format!("net.ipv4.conf.{}.forwarding", opts.iface))?;
-    if was == 0 {
-        sysctl::write(&format!("net.ipv4.conf.{}.forwarding", opts.iface), "1")?;
-        report.forwarding_enabled = true;
-    }
+    let forwarding = format!("net.ipv4.conf.{}.forwarding", opts.iface);
+    let was = sysctl::read_u32(&forwarding)?;
+    report.forwarding_enabled = was == 0;
     let mut attach = 0;
     if report.generic {
         attach |= ATTACH_XDP_GENERIC;
@@ -328,6 +325,9 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
         _pad: 0,
     };
     write_config(&mut bpf, &cfg)?;
+    if report.forwarding_enabled {
+        sysctl::write(&forwarding, "1")?;
+    }
     undo.disarm();
     Ok(report)
 }

@@ -8,6 +8,7 @@ pub mod ipvsadm_command;
 pub mod ipvsadm_format;
 pub mod ipvsadm_grammar;
 pub mod netlink;
+pub mod realserver;
 pub mod scheduler;
 pub mod services;
 pub mod sysctl;

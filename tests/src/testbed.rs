@@ -57,6 +57,9 @@ pub struct TestBedOpts {
     /// Disable IPv6 in every namespace so that router solicitations, MLD and
     /// DAD do not add packets to what XDP programs and counters see.
     pub disable_ipv6: bool,
+    /// Configure the reals as real servers (VIP on lo, arp_ignore=1, arp_announce=2). Off
+    /// for tests that leave that to `lbadm realserver setup`.
+    pub configure_reals: bool,
 }
 
 impl Default for TestBedOpts {
@@ -66,6 +69,7 @@ impl Default for TestBedOpts {
             mtu: 1500,
             prefix: "lb".to_owned(),
             disable_ipv6: true,
+            configure_reals: true,
         }
     }
 }
@@ -161,10 +165,12 @@ impl TestBed {
             // Reals accept VIP traffic but must never claim the VIP on the
             // wire: only reply to ARP for addresses of the receiving interface,
             // and never use the VIP as the source of ARP requests.
-            real.ns.add_addr("lo", VIP, 32)?;
-            real.ns.sysctl_write("net.ipv4.conf.all.arp_ignore", "1")?;
-            real.ns
-                .sysctl_write("net.ipv4.conf.all.arp_announce", "2")?;
+            if opts.configure_reals {
+                real.ns.add_addr("lo", VIP, 32)?;
+                real.ns.sysctl_write("net.ipv4.conf.all.arp_ignore", "1")?;
+                real.ns
+                    .sysctl_write("net.ipv4.conf.all.arp_announce", "2")?;
+            }
             reals.push(real);
         }
 

@@ -5,7 +5,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use lb_userspace::{datapath, services::Maps};
+use lb_userspace::{datapath, decap, realserver, services::Maps};
 use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 
 #[derive(Parser)]
@@ -44,10 +44,71 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Real-server side of LVS-TUN: decapsulation, VIPs, rp_filter, ARP (setup / teardown /
+    /// check).
+    Realserver {
+        #[command(subcommand)]
+        cmd: RealserverCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RealserverCmd {
+    /// Configure this host as a real server: decapsulation, VIPs as /32, rp_filter, ARP,
+    /// persisted in a sysctl.d file; idempotent.
+    Setup {
+        /// Virtual IPs this server answers for (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        vip: Vec<Ipv4Addr>,
+        /// How tunnelled packets are decapsulated.
+        #[arg(long, value_enum, default_value_t = realserver::DecapMode::Tunl0)]
+        decap: realserver::DecapMode,
+        /// Interface that receives the tunnelled packets (default: the default route's).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Directors whose IPIP packets are accepted (required with --decap xdp).
+        #[arg(long, value_delimiter = ',')]
+        director: Vec<Ipv4Addr>,
+        #[arg(long, default_value = realserver::DEFAULT_SYSCTL_FILE)]
+        sysctl_file: PathBuf,
+        #[arg(long, default_value = realserver::DEFAULT_STATE_FILE)]
+        state_file: PathBuf,
+        /// bpffs directory for the XDP decapsulation's pins.
+        #[arg(long, default_value = decap::DEFAULT_PIN_DIR)]
+        decap_pin_dir: PathBuf,
+    },
+    /// Undo what setup did: restore sysctls, remove added addresses, detach, remove files.
+    Teardown {
+        #[arg(long, default_value = realserver::DEFAULT_STATE_FILE)]
+        state_file: PathBuf,
+        /// The sysctl.d file to remove (default: the one recorded by setup).
+        #[arg(long)]
+        sysctl_file: Option<PathBuf>,
+    },
+    /// Inspect this host as a real server; exit 0 when healthy, 1 otherwise.
+    Check {
+        /// VIPs to check (default: those recorded by setup, else the /32s on lo and tunl0).
+        #[arg(long, value_delimiter = ',')]
+        vip: Vec<Ipv4Addr>,
+        /// Default: the mode recorded by setup, else tunl0.
+        #[arg(long, value_enum)]
+        decap: Option<realserver::DecapMode>,
+        #[arg(long)]
+        iface: Option<String>,
+        #[arg(long, default_value = realserver::DEFAULT_STATE_FILE)]
+        state_file: PathBuf,
+        #[arg(long, default_value = decap::DEFAULT_PIN_DIR)]
+        decap_pin_dir: PathBuf,
+        /// Warnings (mtu-too-small) make the check fail too.
+        #[arg(long)]
+        strict: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The words that select lbadm's own commands; any other first argument is ipvsadm grammar.
-const SUBCOMMANDS: &[&str] = &["attach", "detach", "status", "log", "help"];
+const SUBCOMMANDS: &[&str] = &["attach", "detach", "status", "log", "realserver", "help"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -59,7 +120,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("lbadm: {e:#}");
             ExitCode::FAILURE
@@ -85,8 +146,9 @@ fn ipvsadm(args: &[String]) -> ExitCode {
     ExitCode::from(out.code as u8)
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
+        Cmd::Realserver { cmd } => return run_realserver(cmd),
         Cmd::Attach { iface, tunnel_source, generic, log_level } => {
             let r = datapath::attach(&datapath::AttachOptions {
                 iface: iface.clone(),
@@ -120,7 +182,73 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { json } => status(&cli.pin_dir, json)?,
         Cmd::Log => stream_log(&cli.pin_dir)?,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_realserver(cmd: RealserverCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RealserverCmd::Setup { vip, decap, iface, director, sysctl_file, state_file, decap_pin_dir } => {
+            let r = realserver::setup(&realserver::SetupOptions {
+                vips: vip,
+                decap,
+                iface,
+                directors: director,
+                sysctl_file,
+                state_file,
+                decap_pin_dir,
+            })?;
+            for w in &r.warnings {
+                eprintln!("lbadm: warning: {w}");
+            }
+            if r.changes.is_empty() {
+                println!("nothing changed: this real server is already set up");
+            }
+            for c in &r.changes {
+                println!("{c}");
+            }
+            for (what, v) in &r.effective {
+                println!("effective {what}: {v}");
+            }
+        }
+        RealserverCmd::Teardown { state_file, sysctl_file } => {
+            let r = realserver::teardown(&state_file, sysctl_file.as_deref())?;
+            for c in &r.changes {
+                println!("{c}");
+            }
+        }
+        RealserverCmd::Check { vip, decap, iface, state_file, decap_pin_dir, strict, json } => {
+            let r = realserver::check(&realserver::CheckOptions { vips: vip, decap, iface, state_file, decap_pin_dir })?;
+            let healthy = r.healthy(strict);
+            if json {
+                let mut v = serde_json::to_value(&r)?;
+                v["healthy"] = healthy.into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for f in &r.findings {
+                    let sev = match f.severity {
+                        realserver::Severity::Error => "error",
+                        realserver::Severity::Warning => "warning",
+                    };
+                    println!("{sev} [{}]: {}", f.code, f.message);
+                    println!("  why: {}", f.why);
+                    println!("  fix: {}", f.fix);
+                }
+                for n in &r.not_checked {
+                    println!("note [{}]: {}", n.code, n.reason);
+                }
+                let vips = r.vips.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+                println!(
+                    "{}: --decap {} on {} for VIP {}",
+                    if healthy { "healthy" } else { "NOT healthy" },
+                    r.decap.name(),
+                    r.iface,
+                    if vips.is_empty() { "(none)".into() } else { vips }
+                );
+            }
+            return Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {

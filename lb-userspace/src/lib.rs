@@ -4,6 +4,7 @@
 pub mod conntrack;
 pub mod datapath;
 pub mod decap;
+pub mod firewall;
 pub mod ipvsadm_command;
 pub mod ipvsadm_format;
 pub mod ipvsadm_grammar;

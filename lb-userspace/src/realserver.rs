@@ -1006,13 +1006,36 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
         });
     }
 
-    let not_checked = vec![NotChecked {
-        code: "ipip-blocked",
-        reason: match decap {
-            DecapMode::Xdp => "not applicable: the XDP decapsulation runs before netfilter, so firewall rules never see IP protocol 4".into(),
-            DecapMode::Tunl0 => "not checked: lbadm does not read nftables/iptables rules; make sure IP protocol 4 from the directors is accepted (`nft list ruleset | grep -w 4`, `iptables -A INPUT -p 4 -s DIRECTOR -j ACCEPT`)".into(),
+    let mut not_checked = Vec::new();
+    match decap {
+        DecapMode::Xdp => not_checked.push(NotChecked {
+            code: "ipip-blocked",
+            reason: "not applicable: the XDP decapsulation runs before netfilter, so firewall rules never see IP protocol 4".into(),
+        }),
+        DecapMode::Tunl0 => match crate::firewall::ipip_blocking_rules() {
+            Ok(rules) => {
+                for r in rules {
+                    f.push(Finding {
+                        code: "ipip-blocked",
+                        severity: Severity::Error,
+                        message: format!(
+                            "nftables rule in {} {} chain {} {}s IP protocol 4 (IPIP)",
+                            r.family, r.table, r.chain, r.verdict
+                        ),
+                        why: "every packet the director forwards is IPIP; the firewall discards it before tunl0 can decapsulate it".into(),
+                        fix: format!(
+                            "accept IPIP from the directors ahead of that rule: `nft insert rule {} {} {} ip protocol 4 ip saddr DIRECTOR accept` (or remove the rule)",
+                            r.family, r.table, r.chain
+                        ),
+                    });
+                }
+            }
+            Err(e) => not_checked.push(NotChecked {
+                code: "ipip-blocked",
+                reason: format!("not checked: cannot read the nftables ruleset ({e}); make sure IP protocol 4 from the directors is accepted"),
+            }),
         },
-    }];
+    }
     Ok(CheckReport { decap, iface: iface.name.clone(), vips, findings: f, not_checked })
 }
 

@@ -511,8 +511,53 @@ fn finding_decap_missing_or_down_tunl0() {
         assert!(finding(&v, "decap-missing")["message"].as_str().unwrap().contains("there is no tunl0"));
         println!("decap-down: skipped: this kernel has no ipip (CONFIG_NET_IPIP)");
     }
-    let ipip = v["not_checked"].as_array().unwrap().iter().find(|n| n["code"] == "ipip-blocked").unwrap();
-    assert!(ipip["reason"].as_str().unwrap().starts_with("not checked"), "{ipip}");
+    // The (empty) nftables ruleset was read: no IPIP finding and nothing left unchecked.
+    assert!(v["not_checked"].as_array().unwrap().is_empty(), "{v:#}");
+}
+
+#[test]
+fn finding_ipip_blocked() {
+    let rs = Rs::new("fib");
+    let nft = |rule: &str| {
+        let o = rs.ns.command("nft").arg(rule).output().expect("nft (cargo xtask setup installs nftables)");
+        assert!(o.status.success(), "nft {rule}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    nft("add table ip filter");
+    nft("add chain ip filter input { type filter hook input priority 0; }");
+    nft("add chain ip filter output { type filter hook output priority 0; }");
+    // Outbound IPIP is none of a real server's business: not reported.
+    nft("add rule ip filter output ip protocol 4 drop");
+    let check = ["check", "--decap", "tunl0", "--vip", "198.18.0.100", "--iface", "eth0", "--json"];
+    let v: Value = serde_json::from_slice(&rs.lbadm(&check).stdout).unwrap();
+    assert!(!codes(&v).contains(&"ipip-blocked".to_string()), "{v:#}");
+    nft("add rule ip filter input ip protocol 4 counter drop");
+    nft("add table inet fw");
+    nft("add chain inet fw pre { type filter hook prerouting priority -10; }");
+    nft("add rule inet fw pre meta l4proto 4 reject");
+    let o = rs.lbadm(&check);
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut found: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == "ipip-blocked")
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            "nftables rule in inet fw chain pre rejects IP protocol 4 (IPIP)",
+            "nftables rule in ip filter chain input drops IP protocol 4 (IPIP)",
+        ],
+        "{v:#}"
+    );
+    let f = finding(&v, "ipip-blocked");
+    assert!(f["fix"].as_str().unwrap().contains("ip protocol 4 ip saddr DIRECTOR accept"), "{f}");
+    // The human-readable form says the same.
+    let o = rs.lbadm(&check[..check.len() - 1]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("error [ipip-blocked]"));
 }
 
 #[test]

@@ -47,6 +47,11 @@ const APT_PACKAGES: &[AptPackage] = &[
         purpose: "offload settings (GRO) of veth links",
     },
     AptPackage {
+        name: "nftables",
+        required: true,
+        purpose: "`nft`, which the doctor tests use to create an IPIP-dropping rule in a namespace",
+    },
+    AptPackage {
         name: "bpftool",
         required: false,
         purpose: "inspect loaded BPF programs and maps",

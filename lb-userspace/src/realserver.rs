@@ -893,6 +893,8 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
             }),
             Some(_) => {}
         },
+        // bpffs is root-only: without root the pins cannot be seen, which says nothing.
+        DecapMode::Xdp if unsafe { libc::geteuid() } != 0 => {}
         DecapMode::Xdp => {
             if !decap_attached(&opts.decap_pin_dir) {
                 f.push(Finding {
@@ -1007,6 +1009,12 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
     }
 
     let mut not_checked = Vec::new();
+    if decap == DecapMode::Xdp && unsafe { libc::geteuid() } != 0 {
+        not_checked.push(NotChecked {
+            code: "decap-missing",
+            reason: "not checked: the XDP decapsulation's pins on bpffs are readable by root only; run check as root".into(),
+        });
+    }
     match decap {
         DecapMode::Xdp => not_checked.push(NotChecked {
             code: "ipip-blocked",

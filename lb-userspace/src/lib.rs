@@ -1,10 +1,13 @@
 //! lbadm's library: loading and attaching the data path, and the one module that changes its
 //! configuration maps.
 
+pub mod config;
 pub mod conntrack;
+pub mod daemon;
 pub mod datapath;
 pub mod decap;
 pub mod firewall;
+pub mod healthcheck;
 pub mod ipvsadm_command;
 pub mod ipvsadm_format;
 pub mod ipvsadm_grammar;

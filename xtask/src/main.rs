@@ -3,6 +3,7 @@
 
 mod cmd;
 mod setup;
+mod vm;
 
 use std::{ffi::OsString, process::ExitCode, time::Instant};
 
@@ -52,6 +53,27 @@ enum Command {
         #[arg(last = true, value_name = "HARNESS_ARGS")]
         args: Vec<OsString>,
     },
+    /// Set up, then run the VM suite inside Debian's stock 6.1 kernel under qemu
+    ///
+    /// Builds the test binaries, fetches the kernel package into ~/.cache/lbadm/vm (once),
+    /// builds a busybox initramfs (when its inputs change), and boots one guest that runs the
+    /// `datapath_fixture`, `realserver` (tunl0 for real) and `e2e_director` test binaries as
+    /// root, then reports each one's result. The whole run is bounded to 20 minutes. With
+    /// `LBADM_VM_OPTIONAL=1`, a machine where qemu cannot run prints `vm-test: skipped: <reason>`
+    /// and exits 0. `LBADM_VM_ACCEL=kvm|tcg` forces the accelerator, `LBADM_VM_MEM` the guest
+    /// memory (default 2G), `LBADM_VM_KEEP=1` keeps the run directory (logs) under target/vm-test.
+    VmTest {
+        /// Kernel package to boot (default: the newest in the cache, else what
+        /// linux-image-amd64 depends on, e.g. linux-image-6.1.0-41-amd64).
+        #[arg(long, value_name = "PKG")]
+        kernel_pkg: Option<String>,
+        /// Seconds before the guest is killed (also bounded by the 20-minute budget).
+        #[arg(long, value_name = "SECS", default_value_t = 900)]
+        timeout: u64,
+        /// Arguments for each test binary's harness, after `--` (e.g. a test-name filter).
+        #[arg(last = true, value_name = "TEST_FILTER")]
+        filter: Vec<OsString>,
+    },
     /// Set up, then run the benchmark
     ///
     /// Runs `cargo run --release -p lb-tests --bin lb-bench -- [BENCH_ARGS]`.
@@ -98,6 +120,18 @@ fn run(cli: Cli) -> Result<()> {
             build(&ctx, release)
         }
         Command::Test { release, args } => test(&ctx, release, args),
+        Command::VmTest {
+            kernel_pkg,
+            timeout,
+            filter,
+        } => vm::vm_test(
+            &ctx,
+            vm::VmArgs {
+                kernel_pkg,
+                timeout,
+                filter,
+            },
+        ),
         Command::Bench { args } => {
             setup::setup(&ctx)?;
             let mut cmd = ctx.cargo();

@@ -174,7 +174,9 @@ fn parse_ipv4(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(pass(Reason::PassMalformed))?;
     let ip = unsafe { *ip };
     let ihl = ip.ihl_bytes();
-    let tot_len = u16::from_be(ip.tot_len);
+    // Linux 6.1's verifier loses a 16-bit value's bound across the byte swap; a mask the
+    // compiler cannot drop gives it back.
+    let tot_len = (lb_ebpf::opaque(u16::from_be(ip.tot_len) as u32) & 0xffff) as u16;
     if ip.ver_ihl >> 4 != 4 || ihl < IPV4_HLEN || (tot_len as usize) < ihl {
         return Err(pass(Reason::PassMalformed));
     }

@@ -39,10 +39,24 @@ enum Cmd {
     Log,
     /// Detach the data path and remove its pinned maps.
     Detach,
-    /// Show where the data path is attached and its packet counters.
+    /// Show where the data path is attached, its packet counters and, when a daemon status
+    /// file exists, the health of the reals.
     Status {
         #[arg(long)]
         json: bool,
+        /// The daemon's status file (its config's `status_file`).
+        #[arg(long, env = "LBADM_STATUS_FILE", default_value = lb_userspace::config::DEFAULT_STATUS_FILE)]
+        status_file: PathBuf,
+    },
+    /// Health-check the reals of a configuration file and keep the maps in line with it
+    /// (SIGHUP re-reads the file).
+    Daemon {
+        /// The configuration file (TOML; see lb-userspace/dist/lbadm.toml).
+        #[arg(long, default_value = "/etc/lbadm/lbadm.toml")]
+        config: PathBuf,
+        /// Only validate the file: exit 0 if it is valid, 1 with the reason otherwise.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Real-server side of LVS-TUN: decapsulation, VIPs, rp_filter, ARP (setup / teardown /
     /// check).
@@ -108,7 +122,7 @@ enum RealserverCmd {
 }
 
 /// The words that select lbadm's own commands; any other first argument is ipvsadm grammar.
-const SUBCOMMANDS: &[&str] = &["attach", "detach", "status", "log", "realserver", "help"];
+const SUBCOMMANDS: &[&str] = &["attach", "detach", "status", "log", "realserver", "daemon", "help"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -179,7 +193,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.iface.map(|i| format!(" from {i}")).unwrap_or_default()
             );
         }
-        Cmd::Status { json } => status(&cli.pin_dir, json)?,
+        Cmd::Status { json, status_file } => status(&cli.pin_dir, json, &status_file)?,
+        Cmd::Daemon { config, check_config } => {
+            if check_config {
+                return Ok(match lb_userspace::config::load(&config) {
+                    Ok(c) => {
+                        let reals: usize = c.services.iter().map(|s| s.reals.len()).sum();
+                        println!("{}: valid ({} services, {reals} reals)", config.display(), c.services.len());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("lbadm: {e}");
+                        ExitCode::from(1)
+                    }
+                });
+            }
+            lb_userspace::daemon::run(lb_userspace::daemon::Options { config, pin_dir: cli.pin_dir.clone() })?;
+        }
         Cmd::Log => stream_log(&cli.pin_dir)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -251,7 +281,11 @@ fn run_realserver(cmd: RealserverCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+fn status(pin_dir: &std::path::Path, json: bool, status_file: &std::path::Path) -> anyhow::Result<()> {
+    // The daemon's view of health, when it has written one.
+    let health: Option<serde_json::Value> = std::fs::read(status_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let maps = Maps::open(pin_dir)?;
     let cfg = maps.config()?;
     let iface = datapath::ifname(cfg.ifindex).unwrap_or_else(|| format!("ifindex {}", cfg.ifindex));
@@ -268,6 +302,7 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             "pin_dir": pin_dir,
             "services": services.len(),
             "counters": reasons.iter().map(|(r, n)| (r.name(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+            "health": health,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -283,7 +318,45 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     for (r, n) in reasons {
         println!("  {:<20} {n}", r.name());
     }
+    if let Some(h) = health {
+        print_health(&h, status_file);
+    }
     Ok(())
+}
+
+fn print_health(h: &serde_json::Value, file: &std::path::Path) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let pid = h["pid"].as_u64().unwrap_or(0);
+    let alive = pid > 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+    let age = now - h["updated"].as_f64().unwrap_or(0.0);
+    println!(
+        "health:    from {} (daemon pid {pid}{}, updated {age:.0}s ago)",
+        file.display(),
+        if alive { "" } else { ", NOT running" }
+    );
+    for s in h["services"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {} on_failure={}",
+            s["service"].as_str().unwrap_or("?"),
+            s["scheduler"].as_str().unwrap_or("?"),
+            s["on_failure"].as_str().unwrap_or("?")
+        );
+        for r in s["reals"].as_array().into_iter().flatten() {
+            let since = now - r["since"].as_f64().unwrap_or(now);
+            let latency = r["latency_ms"].as_f64().map(|l| format!(", {l:.1} ms")).unwrap_or_default();
+            println!(
+                "    -> {:<15} {:<4} weight {:<5} {} for {since:.0}s, last check: {}{latency}",
+                r["address"].as_str().unwrap_or("?"),
+                r["health"].as_str().unwrap_or("?").to_uppercase(),
+                r["weight"],
+                r["check"].as_str().unwrap_or("?"),
+                r["last_result"].as_str().unwrap_or("none yet"),
+            );
+        }
+    }
 }
 
 fn stream_log(pin_dir: &std::path::Path) -> anyhow::Result<()> {

@@ -1,0 +1,445 @@
+//! The health-check daemon's configuration file (TOML), parsed and validated.
+//!
+//! Every key (see `lb-userspace/dist/lbadm.toml` for a complete example):
+//!
+//! ```toml
+//! iface = "eth0"            # required: director interface; the daemon attaches the data path
+//!                           # there if it is not attached yet
+//! pin_dir = "/sys/fs/bpf/lbadm"            # optional, default: --pin-dir / LBADM_PIN_DIR
+//! status_file = "/run/lbadm/status.json"   # optional, default shown; health per real as JSON
+//! metrics = "127.0.0.1:9477"               # optional Prometheus endpoint (GET /metrics); off if absent
+//!
+//! [[service]]               # one per virtual service
+//! vip = "198.18.0.100"      # required, IPv4
+//! port = 6033               # required (0 only with persistence)
+//! protocol = "tcp"          # "tcp" (default) or "udp"
+//! scheduler = "wrr"         # "rr", "wrr" (default) or "mh"
+//! persistence = 0           # seconds, 0 = none (default)
+//! on_failure = "quiesce"    # "quiesce" (default): weight 0 while DOWN, existing connections
+//!                           # continue (keepalived's inhibit_on_failure); "remove": the real is
+//!                           # removed while DOWN (keepalived's default)
+//!
+//! [service.check]           # defaults for this service's reals
+//! type = "tcp"              # "tcp" (connect), "mysql" (HandshakeV10 greeting) or "none"
+//! interval = "2s"           # between check starts (default 2s); units ms, s, m
+//! timeout = "1s"            # whole check, connect included (default 1s); must be < interval
+//! fall = 3                  # consecutive failures that mark a real DOWN (default 3, >= 1)
+//! rise = 2                  # consecutive successes that mark it UP again (default 2, >= 1)
+//! jitter = "200ms"          # random delay added at start and to each interval
+//!                           # (default interval/10)
+//! port = 6033               # port to check (default: the service's port)
+//!
+//! [[service.real]]
+//! address = "198.18.0.11"   # required, IPv4
+//! weight = 1                # 0..=2147483647 (default 1)
+//! [service.real.check]      # optional: overrides single keys of [service.check]
+//! ```
+//!
+//! A broken file is rejected with the line and column of the offending key (toml's span) and
+//! the field and reason; the caller keeps whatever it was running.
+
+use crate::{
+    scheduler::Scheduler,
+    services::{Protocol, ServiceId},
+};
+use serde::Deserialize;
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{Ipv4Addr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+use toml::Spanned;
+
+pub const DEFAULT_STATUS_FILE: &str = "/run/lbadm/status.json";
+pub const MAX_WEIGHT: i64 = 2_147_483_647;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    Quiesce,
+    Remove,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Tcp,
+    Mysql,
+    None,
+}
+
+impl CheckKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Mysql => "mysql",
+            CheckKind::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckConfig {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub fall: u32,
+    pub rise: u32,
+    pub jitter: Duration,
+    /// Port to connect to (the service's port unless overridden).
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealConfig {
+    pub addr: Ipv4Addr,
+    pub weight: u32,
+    pub check: CheckConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub id: ServiceId,
+    pub sched: Scheduler,
+    pub persistence: u32,
+    pub on_failure: OnFailure,
+    pub reals: Vec<RealConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    pub iface: String,
+    pub pin_dir: Option<PathBuf>,
+    pub status_file: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// A rejected file: where, which field, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based line and column, when known.
+    pub position: Option<(usize, usize)>,
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some((l, c)) = self.position {
+            write!(f, ":{l}:{c}")?;
+        }
+        if self.field.is_empty() {
+            write!(f, ": {}", self.reason)
+        } else {
+            write!(f, ": {}: {}", self.field, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A duration written as `"500ms"`, `"2s"`, `"1m"` (or `"1.5s"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        return Err(format!("invalid duration {s:?}: use a unit, e.g. \"500ms\", \"2s\", \"1m\""));
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use a unit, e.g. \"500ms\", \"2s\", \"1m\""))?;
+    if !v.is_finite() || v < 0.0 || v * mult > 86_400.0 {
+        return Err(format!("invalid duration {s:?}: must be between 0 and 24h"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    iface: String,
+    pin_dir: Option<PathBuf>,
+    status_file: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    vip: Spanned<Ipv4Addr>,
+    port: u16,
+    #[serde(default = "default_protocol")]
+    protocol: RawProtocol,
+    #[serde(default)]
+    scheduler: Option<Scheduler>,
+    #[serde(default)]
+    persistence: u32,
+    #[serde(default)]
+    on_failure: Option<OnFailure>,
+    #[serde(default)]
+    check: RawCheck,
+    #[serde(default)]
+    real: Vec<RawReal>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawProtocol {
+    Tcp,
+    Udp,
+}
+
+fn default_protocol() -> RawProtocol {
+    RawProtocol::Tcp
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    #[serde(rename = "type")]
+    kind: Option<CheckKind>,
+    interval: Option<Spanned<Dur>>,
+    timeout: Option<Spanned<Dur>>,
+    fall: Option<Spanned<u32>>,
+    rise: Option<Spanned<u32>>,
+    jitter: Option<Dur>,
+    port: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReal {
+    address: Spanned<Ipv4Addr>,
+    weight: Option<Spanned<i64>>,
+    check: Option<RawCheck>,
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.into(),
+        position: None,
+        field: String::new(),
+        reason: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates `text` (read from `path`, which only names it in errors).
+pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
+    let err = |span: Option<Range<usize>>, field: &str, reason: String| ConfigError {
+        path: path.into(),
+        position: span.map(|s| line_col(text, s.start)),
+        field: field.into(),
+        reason,
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| err(e.span(), "", e.message().trim().to_string()))?;
+    if raw.iface.is_empty() {
+        return Err(err(None, "iface", "must name the director's interface".into()));
+    }
+    let mut services = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, s) in raw.service.iter().enumerate() {
+        let proto = match s.protocol {
+            RawProtocol::Tcp => Protocol::Tcp,
+            RawProtocol::Udp => Protocol::Udp,
+        };
+        let id = ServiceId { proto, addr: *s.vip.get_ref(), port: s.port };
+        let field = format!("service[{i}]");
+        if !seen.insert(id) {
+            return Err(err(Some(s.vip.span()), &format!("{field}.vip"), format!("duplicate service {id}")));
+        }
+        if s.port == 0 && s.persistence == 0 {
+            return Err(err(Some(s.vip.span()), &format!("{field}.port"), "port 0 needs persistence".into()));
+        }
+        let mut addrs = HashSet::new();
+        let mut reals = Vec::new();
+        for (j, r) in s.real.iter().enumerate() {
+            let rfield = format!("{field}.real[{j}]");
+            let addr = *r.address.get_ref();
+            if !addrs.insert(addr) {
+                return Err(err(
+                    Some(r.address.span()),
+                    &format!("{rfield}.address"),
+                    format!("duplicate real {addr} in service {id}"),
+                ));
+            }
+            let weight = match &r.weight {
+                None => 1,
+                Some(w) => {
+                    let v = *w.get_ref();
+                    if !(0..=MAX_WEIGHT).contains(&v) {
+                        return Err(err(
+                            Some(w.span()),
+                            &format!("{rfield}.weight"),
+                            format!("{v} is out of range 0..={MAX_WEIGHT}"),
+                        ));
+                    }
+                    v as u32
+                }
+            };
+            let check = merge_check(&s.check, r.check.as_ref(), s.port, &rfield, &err)?;
+            reals.push(RealConfig { addr, weight, check });
+        }
+        // Validate the service defaults too, even without reals.
+        merge_check(&s.check, None, s.port, &field, &err)?;
+        services.push(ServiceConfig {
+            id,
+            sched: s.scheduler.unwrap_or(crate::ipvsadm_command::DEFAULT_SCHEDULER),
+            persistence: s.persistence,
+            on_failure: s.on_failure.unwrap_or(OnFailure::Quiesce),
+            reals,
+        });
+    }
+    Ok(DaemonConfig {
+        iface: raw.iface,
+        pin_dir: raw.pin_dir,
+        status_file: raw.status_file.unwrap_or_else(|| DEFAULT_STATUS_FILE.into()),
+        metrics: raw.metrics,
+        services,
+    })
+}
+
+/// Builds an error at a span, for a field.
+type ErrAt<'a> = dyn Fn(Option<Range<usize>>, &str, String) -> ConfigError + 'a;
+
+/// The real's check: its own keys over the service's, over the defaults.
+fn merge_check(
+    svc: &RawCheck,
+    real: Option<&RawCheck>,
+    port: u16,
+    field: &str,
+    err: &ErrAt,
+) -> Result<CheckConfig, ConfigError> {
+    let prefix = format!("{field}.check");
+    let r = real.cloned().unwrap_or_default();
+    let pick = |a: &Option<Spanned<Dur>>, b: &Option<Spanned<Dur>>| a.clone().or_else(|| b.clone());
+    let interval = pick(&r.interval, &svc.interval);
+    let timeout = pick(&r.timeout, &svc.timeout);
+    let fall = r.fall.clone().or_else(|| svc.fall.clone());
+    let rise = r.rise.clone().or_else(|| svc.rise.clone());
+    let iv = interval.as_ref().map(|d| d.get_ref().0).unwrap_or(Duration::from_secs(2));
+    let to = timeout.as_ref().map(|d| d.get_ref().0).unwrap_or(Duration::from_secs(1));
+    if iv.is_zero() {
+        return Err(err(interval.map(|i| i.span()), &format!("{prefix}.interval"), "must be > 0".into()));
+    }
+    if to.is_zero() || to >= iv {
+        let span = timeout.map(|t| t.span()).or(interval.map(|i| i.span()));
+        return Err(err(
+            span,
+            &format!("{prefix}.timeout"),
+            format!("timeout {to:?} must be > 0 and shorter than the interval {iv:?}"),
+        ));
+    }
+    for (name, v) in [("fall", &fall), ("rise", &rise)] {
+        if let Some(v) = v
+            && *v.get_ref() == 0
+        {
+            return Err(err(Some(v.span()), &format!("{prefix}.{name}"), "must be at least 1".into()));
+        }
+    }
+    Ok(CheckConfig {
+        kind: r.kind.or(svc.kind).unwrap_or(CheckKind::Tcp),
+        interval: iv,
+        timeout: to,
+        fall: fall.map(|f| *f.get_ref()).unwrap_or(3),
+        rise: rise.map(|f| *f.get_ref()).unwrap_or(2),
+        jitter: r.jitter.or(svc.jitter).map(|d| d.0).unwrap_or(iv / 10),
+        port: r.port.or(svc.port).unwrap_or(port),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(t: &str) -> Result<DaemonConfig, ConfigError> {
+        parse(Path::new("t.toml"), t)
+    }
+
+    const GOOD: &str = r#"
+iface = "eth0"
+[[service]]
+vip = "198.18.0.100"
+port = 6033
+on_failure = "remove"
+[service.check]
+type = "mysql"
+interval = "200ms"
+timeout = "150ms"
+fall = 2
+rise = 2
+[[service.real]]
+address = "198.18.0.11"
+weight = 3
+[[service.real]]
+address = "198.18.0.12"
+[service.real.check]
+type = "tcp"
+"#;
+
+    #[test]
+    fn good_file_merges_defaults() {
+        let c = p(GOOD).unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.on_failure, OnFailure::Remove);
+        assert_eq!(s.sched, Scheduler::Wrr);
+        assert_eq!(s.reals[0].check.kind, CheckKind::Mysql);
+        assert_eq!(s.reals[1].check.kind, CheckKind::Tcp);
+        assert_eq!(s.reals[1].check.interval, Duration::from_millis(200));
+        assert_eq!(s.reals[1].weight, 1);
+        assert_eq!(s.reals[0].check.port, 6033);
+    }
+
+    #[test]
+    fn errors_have_positions_and_fields() {
+        let e = p("iface = \"eth0\"\n[[service]]\nvip = 1.2.3\n").unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(3), "{e}");
+        let dup = GOOD.replace("198.18.0.12", "198.18.0.11");
+        let e = p(&dup).unwrap_err();
+        assert_eq!(e.field, "service[0].real[1].address", "{e}");
+        assert!(e.to_string().contains("duplicate real 198.18.0.11"), "{e}");
+        let e = p(&GOOD.replace("weight = 3", "weight = 2147483648")).unwrap_err();
+        assert_eq!(e.field, "service[0].real[0].weight");
+        let e = p(&GOOD.replace("fall = 2", "fall = 0")).unwrap_err();
+        assert!(e.field.ends_with("check.fall"), "{e}");
+        let e = p(&GOOD.replace("timeout = \"150ms\"", "timeout = \"200ms\"")).unwrap_err();
+        assert!(e.field.ends_with("check.timeout"), "{e}");
+        let e = p(&GOOD.replace("port = 6033", "port = 6033\nscheduler = \"wlc\"")).unwrap_err();
+        assert!(e.reason.contains("wlc"), "{e}");
+        let two = format!("{GOOD}\n[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n");
+        assert!(p(&two).unwrap_err().reason.contains("duplicate service"));
+    }
+}

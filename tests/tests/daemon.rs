@@ -1,0 +1,527 @@
+//! `lbadm daemon` end to end: health checks quiesce and restore reals, the mysql check needs a
+//! real greeting, SIGHUP applies only the difference, the daemon's death loses nothing, and
+//! `--check-config` names what is wrong.
+
+use lb_tests::{
+    fixture::PinDir,
+    lbadm_bin,
+    lbbed::{Decap, attach_pass},
+    netns::{ChildGuard, Netns},
+    testbed::{TestBed, TestBedOpts, tcp_echo_request, tcp_echo_server},
+};
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+/// Files of one test under /tmp, removed on drop.
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new(tag: &str) -> Files {
+        let dir = PathBuf::from(format!(
+            "/tmp/lbadm-daemon-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Files { dir }
+    }
+    fn config(&self) -> PathBuf {
+        self.dir.join("lbadm.toml")
+    }
+    fn status(&self) -> PathBuf {
+        self.dir.join("status.json")
+    }
+    fn log(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+    fn status_json(&self) -> serde_json::Value {
+        std::fs::read(self.status())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn header(pins: &Path, files: &Files) -> String {
+    format!(
+        "iface = \"eth0\"\npin_dir = \"{}\"\nstatus_file = \"{}\"\n",
+        pins.display(),
+        files.status().display()
+    )
+}
+
+const FAST: &str = "interval = \"200ms\"\ntimeout = \"150ms\"\nfall = 2\nrise = 2\njitter = \"20ms\"\n";
+
+fn lbadm(ns: &Netns, pins: &Path, args: &[&str]) -> Output {
+    let mut cmd = ns.command(lbadm_bin());
+    cmd.env("LBADM_PIN_DIR", pins).args(args);
+    cmd.output().expect("running lbadm")
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "lbadm failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// (service line, real address, weight) rows of `-L -n`.
+fn weights(ns: &Netns, pins: &Path) -> Vec<(String, String, u32)> {
+    let out = ok(lbadm(ns, pins, &["-L", "-n"]));
+    let mut svc = String::new();
+    let mut rows = Vec::new();
+    for l in out.lines() {
+        if l.starts_with("TCP") || l.starts_with("UDP") {
+            svc = l.split_whitespace().nth(1).unwrap().to_string();
+        } else if let Some(r) = l.strip_prefix("  -> ")
+            && !r.starts_with("RemoteAddress")
+        {
+            let f: Vec<&str> = r.split_whitespace().collect();
+            let addr = f[0].split(':').next().unwrap().to_string();
+            rows.push((svc.clone(), addr, f[2].parse().unwrap()));
+        }
+    }
+    rows
+}
+
+fn weight_of(ns: &Netns, pins: &Path, svc: &str, real: &str) -> Option<u32> {
+    weights(ns, pins).into_iter().find(|(s, r, _)| s == svc && r == real).map(|(_, _, w)| w)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// Starts the daemon in the director's namespace, from the calling (test) thread.
+fn start_daemon(bed: &TestBed, pins: &Path, files: &Files) -> ChildGuard {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(files.log()).unwrap();
+    ChildGuard::spawn(
+        bed.director()
+            .command(lbadm_bin())
+            .env("LBADM_PIN_DIR", pins)
+            .args(["daemon", "--config"])
+            .arg(files.config())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log)),
+    )
+    .unwrap()
+}
+
+/// A bed with the director attached by `lbadm attach` (unless `attach` is false), the peer's
+/// XDP_PASS program and decapsulation on the reals.
+fn bed(prefix: &str, attach: bool) -> (TestBed, PinDir, aya::Ebpf, Decap) {
+    let bed = TestBed::new(TestBedOpts { prefix: prefix.into(), ..Default::default() }).unwrap();
+    let pins = PinDir::new(prefix);
+    if attach {
+        ok(bed.director().command(lbadm_bin()).args(["--pin-dir"]).arg(&pins.0).args(["attach", "--iface", "eth0"]).output().unwrap());
+    }
+    let peer = bed.director_host().bridge_port().index;
+    let pass = bed.bridge().run(move || attach_pass(peer)).unwrap();
+    let decap = Decap::attach_all(&bed).unwrap();
+    (bed, pins, pass, decap)
+}
+
+fn detach(bed: &TestBed, pins: &Path) {
+    let _ = bed.director().command(lbadm_bin()).args(["--pin-dir"]).arg(pins).arg("detach").output();
+}
+
+fn who(bed: &TestBed, port: u16, n: usize) -> Vec<String> {
+    let vip = SocketAddrV4::new(bed.vip(), port);
+    (0..n)
+        .map(|i| {
+            let reply = tcp_echo_request(bed.client(), vip, format!("q{i}\n").as_bytes()).unwrap();
+            reply.split(' ').next().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn dead_backend_is_quiesced_and_restored() {
+    let (bed, pins, _pass, _decap) = bed("dmq", false);
+    let mut servers = bed.start_echo_servers(6033).unwrap();
+    let files = Files::new("quiesce");
+    std::fs::write(
+        files.config(),
+        format!(
+            "{}metrics = \"127.0.0.1:9477\"\n[[service]]\nvip = \"198.18.0.100\"\nport = 6033\nscheduler = \"wrr\"\non_failure = \"quiesce\"\n[service.check]\ntype = \"tcp\"\n{FAST}\
+             [[service.real]]\naddress = \"198.18.0.11\"\nweight = 1\n[[service.real]]\naddress = \"198.18.0.12\"\nweight = 1\n",
+            header(&pins.0, &files)
+        ),
+    )
+    .unwrap();
+    // The daemon attaches the data path itself.
+    let daemon = start_daemon(&bed, &pins.0, &files);
+    let d = bed.director();
+    let start = Instant::now();
+    // The pins appear one by one while the daemon attaches: wait for a listing that works.
+    while !(lbadm(d, &pins.0, &["-L", "-n"]).status.success() && weights(d, &pins.0).len() == 2) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the daemon did not attach and configure: {}", files.log_text());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let both = who(&bed, 6033, 10);
+    assert!(both.iter().any(|r| r == "real1") && both.iter().any(|r| r == "real2"), "{both:?}");
+
+    // Kill real1's backend: weight 0 within fall × interval + timeout (+ jitter and margin).
+    drop(servers.remove(0));
+    let took = wait_until("real1 quiesced", Duration::from_secs(5), || {
+        weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11") == Some(0)
+    });
+    // fall × (interval + jitter) + timeout, plus 1 s for polling and a loaded machine.
+    assert!(took < Duration::from_millis(2 * 220 + 150 + 1000), "quiesced after {took:?}");
+    assert!(files.log_text().contains("tcp: connection refused"), "{}", files.log_text());
+    // New connections all go to real2, and none fails.
+    assert!(who(&bed, 6033, 20).iter().all(|r| r == "real2"));
+    wait_until("status file shows real1 down", Duration::from_secs(3), || {
+        files.status_json()["services"][0]["reals"][0]["health"] == "down"
+    });
+    let status = ok(lbadm(d, &pins.0, &["status", "--status-file", files.status().to_str().unwrap()]));
+    assert!(status.contains("198.18.0.11") && status.contains("DOWN"), "{status}");
+    // The Prometheus endpoint: counters from the maps, health gauges.
+    let metrics = d.run(|| {
+        let mut c = TcpStream::connect("127.0.0.1:9477").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut r = String::new();
+        c.read_to_string(&mut r).unwrap();
+        r
+    });
+    assert!(metrics.starts_with("HTTP/1.0 200 OK\r\n"), "{metrics}");
+    let labels = |real: &str| format!("{{protocol=\"tcp\",vip=\"198.18.0.100\",port=\"6033\",real=\"{real}\"}}");
+    assert!(metrics.contains(&format!("lbadm_real_up{} 0\n", labels("198.18.0.11"))), "{metrics}");
+    assert!(metrics.contains(&format!("lbadm_real_up{} 1\n", labels("198.18.0.12"))), "{metrics}");
+    assert!(metrics.contains(&format!("lbadm_real_weight{} 0\n", labels("198.18.0.11"))), "{metrics}");
+    let conns: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("lbadm_real_connections_total{} ", labels("198.18.0.12"))))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(conns >= 20, "{metrics}");
+
+    // A restarted daemon inherits DOWN from the maps: real1 stays at weight 0 (no flap up).
+    // (Without the metrics endpoint, whose port the killed daemon's connections may hold.)
+    daemon.kill().unwrap();
+    let text = std::fs::read_to_string(files.config()).unwrap();
+    std::fs::write(files.config(), text.replace("metrics = \"127.0.0.1:9477\"\n", "")).unwrap();
+    let daemon = start_daemon(&bed, &pins.0, &files);
+    wait_until("the restarted daemon's log", Duration::from_secs(5), || files.log_text().contains("starts DOWN (inherited from the maps)"));
+    for _ in 0..10 {
+        assert_eq!(weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11"), Some(0));
+        thread::sleep(Duration::from_millis(60));
+    }
+
+    // Restart the backend: weight restored after `rise` successes.
+    let _back = tcp_echo_server(bed.real(1), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 6033), "real1").unwrap();
+    wait_until("real1 restored", Duration::from_secs(5), || {
+        weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11") == Some(1)
+    });
+    let split = who(&bed, 6033, 10);
+    assert!(split.iter().any(|r| r == "real1"), "{split:?}");
+    assert!(daemon.kill().is_ok());
+    detach(&bed, &pins.0);
+}
+
+/// A fake backend on `port` in `ns`: each accepted connection gets `greeting` (nothing when
+/// empty: accept and stay silent).
+struct Fake {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Fake {
+    fn start(ns: &Netns, port: u16, greeting: Vec<u8>) -> Fake {
+        let l = ns.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap());
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut held = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        if !greeting.is_empty() {
+                            let _ = c.write_all(&greeting);
+                        }
+                        held.push(c);
+                        if held.len() > 64 {
+                            held.remove(0);
+                        }
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Fake { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn packet(payload: &[u8]) -> Vec<u8> {
+    let mut p = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+    p.push(0);
+    p.extend_from_slice(payload);
+    p
+}
+
+fn mysql_greeting() -> Vec<u8> {
+    let mut p = vec![0x0a];
+    p.extend_from_slice(b"5.5.30 (ProxySQL)\0");
+    p.extend_from_slice(&42u32.to_le_bytes());
+    p.extend_from_slice(b"12345678");
+    p.push(0);
+    p.extend_from_slice(&[0x0f, 0xa2, 0x21, 0x02, 0x00, 0x08, 0x80, 21]);
+    p.extend_from_slice(&[0; 10]);
+    p.extend_from_slice(b"123456789012\0mysql_native_password\0");
+    packet(&p)
+}
+
+fn mysql_err(errno: u16, msg: &str) -> Vec<u8> {
+    let mut p = vec![0xff];
+    p.extend_from_slice(&errno.to_le_bytes());
+    p.extend_from_slice(b"#08004");
+    p.extend_from_slice(msg.as_bytes());
+    packet(&p)
+}
+
+#[test]
+fn mysql_check_needs_a_greeting() {
+    let (bed, pins, _pass, _decap) = bed("dmy", true);
+    // real1:3306 accepts and never speaks; real2:3306 answers ERR 1040; real2:3307 greets.
+    let _silent = Fake::start(bed.real(1), 3306, Vec::new());
+    let _err = Fake::start(bed.real(2), 3306, mysql_err(1040, "Too many connections"));
+    let _good = Fake::start(bed.real(2), 3307, mysql_greeting());
+    let files = Files::new("mysql");
+    std::fs::write(
+        files.config(),
+        format!(
+            "{}[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n[service.check]\ntype = \"mysql\"\nport = 3306\n{FAST}\
+             [[service.real]]\naddress = \"198.18.0.11\"\nweight = 2\n[[service.real]]\naddress = \"198.18.0.12\"\nweight = 2\n\
+             [[service]]\nvip = \"198.18.0.100\"\nport = 6034\n[service.check]\ntype = \"tcp\"\nport = 3306\n{FAST}\
+             [[service.real]]\naddress = \"198.18.0.11\"\nweight = 2\n[[service.real]]\naddress = \"198.18.0.12\"\nweight = 2\n\
+             [service.real.check]\ntype = \"mysql\"\nport = 3307\n\
+             [[service]]\nvip = \"198.18.0.100\"\nport = 6035\non_failure = \"remove\"\n[service.check]\ntype = \"mysql\"\nport = 3306\n{FAST}\
+             [[service.real]]\naddress = \"198.18.0.11\"\n[service.real.check]\ntype = \"tcp\"\n\
+             [[service.real]]\naddress = \"198.18.0.12\"\n",
+            header(&pins.0, &files)
+        ),
+    )
+    .unwrap();
+    let daemon = start_daemon(&bed, &pins.0, &files);
+    let d = bed.director();
+    wait_until("mysql check quiesces the silent and the ERR backend", Duration::from_secs(5), || {
+        weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11") == Some(0)
+            && weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.12") == Some(0)
+    });
+    // on_failure = "remove": the ERR backend leaves 6035, the other real stays.
+    wait_until("real2 removed from 6035", Duration::from_secs(5), || {
+        weight_of(d, &pins.0, "198.18.0.100:6035", "198.18.0.12").is_none()
+    });
+    assert_eq!(weight_of(d, &pins.0, "198.18.0.100:6035", "198.18.0.11"), Some(1));
+    // Several more rounds: the tcp check keeps the silent backend UP, the greeting is UP.
+    thread::sleep(Duration::from_millis(800));
+    assert_eq!(weight_of(d, &pins.0, "198.18.0.100:6034", "198.18.0.11"), Some(2));
+    assert_eq!(weight_of(d, &pins.0, "198.18.0.100:6034", "198.18.0.12"), Some(2));
+    let st = files.status_json();
+    let reals = |s: usize| st["services"][s]["reals"].clone();
+    assert_eq!(reals(0)[0]["health"], "down", "{st}");
+    assert_eq!(reals(0)[0]["last_result"], "mysql: timeout after 150ms", "{st}");
+    assert_eq!(reals(0)[1]["health"], "down", "{st}");
+    assert_eq!(reals(0)[1]["last_result"], "mysql: ERR 1040 Too many connections", "{st}");
+    assert_eq!(reals(1)[0]["health"], "up", "{st}");
+    assert_eq!(reals(1)[0]["last_result"], "ok", "{st}");
+    assert_eq!(reals(1)[1]["health"], "up", "{st}");
+    assert_eq!(reals(1)[1]["check"], "mysql", "{st}");
+    assert_eq!(reals(1)[1]["last_result"], "ok", "{st}");
+    let log = files.log_text();
+    assert!(log.contains("mysql: ERR 1040 Too many connections"), "{log}");
+    assert!(log.contains("timeout after 150ms"), "{log}");
+    assert!(daemon.kill().is_ok());
+    detach(&bed, &pins.0);
+}
+
+fn sighup(child: &ChildGuard) {
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) }, 0);
+}
+
+#[test]
+fn sighup_applies_only_the_difference() {
+    let (bed, pins, _pass, _decap) = bed("dmh", true);
+    let _servers = bed.start_echo_servers(6033).unwrap();
+    let files = Files::new("hup");
+    let check = format!("[service.check]\ntype = \"tcp\"\nport = 6033\n{FAST}");
+    let real = |a: &str, w: u32| format!("[[service.real]]\naddress = \"{a}\"\nweight = {w}\n");
+    let svc = |port: u16| format!("[[service]]\nvip = \"198.18.0.100\"\nport = {port}\n{check}");
+    // v1: 6033 {real1 1, real2 0}, 6034 {real2 1}.
+    let v1 = format!(
+        "{}{}{}{}{}{}",
+        header(&pins.0, &files),
+        svc(6033),
+        real("198.18.0.11", 1),
+        real("198.18.0.12", 0),
+        svc(6034),
+        real("198.18.0.12", 1)
+    );
+    std::fs::write(files.config(), &v1).unwrap();
+    let daemon = start_daemon(&bed, &pins.0, &files);
+    let d = bed.director();
+    wait_until("v1 applied", Duration::from_secs(5), || weights(d, &pins.0).len() == 3);
+    // Let a few checks run, so health is established.
+    thread::sleep(Duration::from_millis(600));
+
+    // A connection to real1 (the only real of 6033 with a weight), held across the reload.
+    let vip = SocketAddrV4::new(bed.vip(), 6033);
+    let mut held = bed.client().run(|| TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).unwrap());
+    held.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    held.write_all(b"before-").unwrap();
+
+    // v2: 6033 loses real2, 6034's real2 gets weight 5, 6035 is new.
+    let v2 = format!(
+        "{}{}{}{}{}{}{}",
+        header(&pins.0, &files),
+        svc(6033),
+        real("198.18.0.11", 1),
+        svc(6034),
+        real("198.18.0.12", 5),
+        svc(6035),
+        real("198.18.0.11", 2)
+    );
+    std::fs::write(files.config(), &v2).unwrap();
+    sighup(&daemon);
+    let want = vec![
+        ("198.18.0.100:6033".to_string(), "198.18.0.11".to_string(), 1),
+        ("198.18.0.100:6034".to_string(), "198.18.0.12".to_string(), 5),
+        ("198.18.0.100:6035".to_string(), "198.18.0.11".to_string(), 2),
+    ];
+    wait_until("v2 applied", Duration::from_secs(5), || weights(d, &pins.0) == want);
+    // The held connection goes on, on the same real.
+    held.write_all(b"after\n").unwrap();
+    held.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    let _ = held.read_to_string(&mut reply);
+    assert_eq!(reply, "real1 13\n");
+
+    // A broken file changes nothing.
+    let before = ok(lbadm(d, &pins.0, &["-S", "-n"]));
+    std::fs::write(files.config(), "iface = \"eth0\"\n[[service]]\nvip = \"nonsense\n").unwrap();
+    sighup(&daemon);
+    wait_until("the reload error logged", Duration::from_secs(5), || files.log_text().contains("reload ignored"));
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(ok(lbadm(d, &pins.0, &["-S", "-n"])), before);
+    let mut daemon = daemon;
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon died on a broken file");
+    assert!(daemon.kill().is_ok());
+    detach(&bed, &pins.0);
+}
+
+#[test]
+fn daemon_death_and_restart_lose_nothing() {
+    let (bed, pins, _pass, _decap) = bed("dmk", true);
+    let _servers = bed.start_echo_servers(6033).unwrap();
+    let files = Files::new("kill");
+    std::fs::write(
+        files.config(),
+        format!(
+            "{}[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n[service.check]\ntype = \"tcp\"\n{FAST}\
+             [[service.real]]\naddress = \"198.18.0.11\"\nweight = 3\n[[service.real]]\naddress = \"198.18.0.12\"\nweight = 1\n",
+            header(&pins.0, &files)
+        ),
+    )
+    .unwrap();
+    let daemon = start_daemon(&bed, &pins.0, &files);
+    let d = bed.director();
+    wait_until("configured", Duration::from_secs(5), || weights(d, &pins.0).len() == 2);
+    thread::sleep(Duration::from_millis(500));
+    let table = ok(lbadm(d, &pins.0, &["-S", "-n"]));
+
+    // Stream 2 MiB through the VIP while the daemon is SIGKILLed.
+    const TOTAL: usize = 2 << 20;
+    let vip = SocketAddrV4::new(bed.vip(), 6033);
+    let mut s = bed.client().run(|| TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).unwrap());
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let chunk = vec![b'x'; 16 * 1024];
+        for _ in 0..TOTAL / chunk.len() {
+            w.write_all(&chunk).unwrap();
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    thread::sleep(Duration::from_millis(200));
+    let status = daemon.kill().unwrap();
+    assert!(!status.success());
+    writer.join().unwrap();
+    assert_eq!(ok(lbadm(d, &pins.0, &["-S", "-n"])), table, "the table changed without the daemon");
+
+    // A restarted daemon re-reads the maps and resets nothing: the connection still works.
+    let daemon = start_daemon(&bed, &pins.0, &files);
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(ok(lbadm(d, &pins.0, &["-S", "-n"])), table, "the restarted daemon changed the table");
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    let n: usize = reply.trim().split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    assert_eq!(n, TOTAL, "reply {reply:?}");
+    let count = files.log_text().matches("maps updated").count();
+    assert_eq!(count, 1, "only the first start configures; the restart must not rewrite matching maps: {}", files.log_text());
+    assert!(daemon.kill().is_ok());
+    detach(&bed, &pins.0);
+}
+
+#[test]
+fn check_config_names_line_column_and_field() {
+    let files = Files::new("check");
+    let run = |text: &str| {
+        std::fs::write(files.config(), text).unwrap();
+        let o = std::process::Command::new(lbadm_bin())
+            .args(["daemon", "--check-config", "--config"])
+            .arg(files.config())
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let good = "iface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n\
+                [[service.real]]\naddress = \"198.18.0.11\"\n[[service.real]]\naddress = \"198.18.0.12\"\n";
+    assert_eq!(run(good).0, Some(0));
+    let (code, err) = run("iface = \"eth0\"\n[[service]]\nvip = 198.18\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("lbadm.toml:3:"), "{err}");
+    let (code, err) = run(&good.replace("198.18.0.12", "198.18.0.11"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("lbadm.toml:8:11: service[0].real[1].address: duplicate real 198.18.0.11"), "{err}");
+    let (code, err) = run(&good.replace("port = 6033", "port = 6033\nscheduler = \"wlc\""));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("wlc"), "{err}");
+}

@@ -1,0 +1,43 @@
+#!/bin/sh
+# The VM suite of `cargo xtask vm-test`, run as root inside the guest (Debian's stock kernel)
+# with the host's /bin/sh. $VM_RUN is the run directory shared with the host (read-write):
+#   $VM_RUN/tests   one line per test binary: NAME<TAB>EXECUTABLE<TAB>WORKING-DIRECTORY
+#   $VM_RUN/args    harness arguments, one per line (e.g. a test-name filter)
+# For each binary it writes $VM_RUN/NAME.log (its output) and $VM_RUN/NAME.rc (exit status),
+# which xtask reads to report. Exits non-zero when any binary failed.
+set -u
+echo "vm-suite: kernel $(uname -r), $(nproc) vCPUs, RUN_IN_VM=${RUN_IN_VM:-}"
+grep -q ' /sys/fs/bpf bpf ' /proc/mounts && echo "vm-suite: bpffs mounted at /sys/fs/bpf"
+# ipip is NOT loaded here: the realserver tests must load it themselves (the kernel's module
+# autoload, through the host's /sbin/modprobe and the guest kernel's bind-mounted modules).
+echo "vm-suite: ipip loaded before the tests: $([ -d /sys/module/ipip ] && echo yes || echo no)"
+set --
+if [ -s "$VM_RUN/args" ]; then
+  while IFS= read -r a; do set -- "$@" "$a"; done <"$VM_RUN/args"
+fi
+status=0
+tab=$(printf '\t')
+while IFS="$tab" read -r name exe dir; do
+  [ -n "$name" ] || continue
+  echo "vm-suite: ===== $name ($exe) ====="
+  rm -f "$VM_RUN/$name.rc"
+  {
+    (cd "$dir" && exec "$exe" "$@" </dev/null 2>&1)
+    echo $? >"$VM_RUN/$name.rc"
+  } | tee "$VM_RUN/$name.log"
+  rc=$(cat "$VM_RUN/$name.rc" 2>/dev/null || echo 255)
+  echo "vm-suite: ===== $name: exit $rc ====="
+  [ "$rc" = 0 ] || status=1
+  if [ "$name" = realserver ] && [ $# -eq 0 ]; then
+    # Its tunl0 tests skip (and pass) on a kernel without ipip: here they must have run.
+    if [ -d /sys/module/ipip ] && ip -o link show tunl0 >/dev/null 2>&1; then
+      echo "vm-suite: realserver: the ipip module got loaded and tunl0 exists: its tunl0 tests ran"
+    else
+      echo "vm-suite: ERROR: realserver did not load ipip, so its tunl0 tests skipped;" \
+        "modprobe ipip says: $(modprobe ipip 2>&1 && echo ok)"
+      echo 1 >"$VM_RUN/ipip.failed"
+      status=1
+    fi
+  fi
+done <"$VM_RUN/tests"
+exit $status

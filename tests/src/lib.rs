@@ -1,5 +1,6 @@
 pub mod netns;
 pub mod testbed;
+pub mod assertions;
 pub mod fixture;
 pub mod packet;
 pub mod lbbed;

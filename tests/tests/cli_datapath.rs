@@ -2,6 +2,7 @@
 //! fail: a one-line error naming the cause and the fix, a non-zero exit, nothing left behind.
 
 use lb_tests::{
+    assertions::{assert_one_line_error, text},
     fixture::PinDir,
     lbadm_bin,
     netns::Netns,
@@ -13,20 +14,6 @@ fn lbadm(ns: &Netns, pins: &Path, args: &[&str]) -> Output {
     let mut cmd = ns.command(lbadm_bin());
     cmd.arg("--pin-dir").arg(pins).args(args);
     cmd.output().expect("running lbadm")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
-
-/// Fails with exactly one line on stderr containing all of `needles`.
-fn assert_one_line_error(o: &Output, needles: &[&str]) {
-    let (out, err) = text(o);
-    assert!(!o.status.success(), "succeeded: {out}");
-    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
-    for n in needles {
-        assert!(err.contains(n), "{err:?} does not mention {n:?}");
-    }
 }
 
 #[test]

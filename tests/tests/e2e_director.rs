@@ -2,18 +2,15 @@
 //! real TCP connections through VIP:6033, replies straight from the reals to the client.
 
 use lb_tests::{
+    assertions::Sniffer,
     lbbed::{Decap, Director},
-    netns::Netns,
     testbed::{TestBed, TestBedOpts, tcp_echo_request},
 };
 use lb_userspace::{
     scheduler::Scheduler,
     services::{Protocol, RealServer, ServiceId, VirtualService},
 };
-use std::{
-    net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::net::SocketAddrV4;
 
 const PORT: u16 = 6033;
 
@@ -27,43 +24,6 @@ fn service(bed: &TestBed, weights: &[u32]) -> VirtualService {
             .enumerate()
             .map(|(i, &weight)| RealServer { addr: bed.real_addr(i + 1), weight })
             .collect(),
-    }
-}
-
-/// Counts IPv4 frames from `src` that reach the stack of `ns` on `ifindex` (an AF_PACKET
-/// socket sees what XDP passes, not what it transmits).
-struct Sniffer(OwnedFd);
-
-impl Sniffer {
-    fn open(ns: &Netns, ifindex: u32) -> Sniffer {
-        ns.run(|| unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, (libc::ETH_P_ALL as u16).to_be() as i32);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-            let buf: libc::c_int = 8 << 20;
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &buf as *const _ as *const libc::c_void, 4);
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-            sll.sll_ifindex = ifindex as i32;
-            let rc = libc::bind(fd, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32);
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            Sniffer(OwnedFd::from_raw_fd(fd))
-        })
-    }
-
-    fn count_from(&self, src: Ipv4Addr) -> usize {
-        let mut n = 0;
-        let mut buf = [0u8; 2048];
-        loop {
-            let r = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if r < 0 {
-                return n;
-            }
-            let f = &buf[..r as usize];
-            if f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[26..30] == src.octets() {
-                n += 1;
-            }
-        }
     }
 }
 

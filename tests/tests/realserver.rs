@@ -3,6 +3,7 @@
 //! setup, and teardown restores everything.
 
 use lb_tests::{
+    assertions::{Sniffer, assert_one_line_error, text},
     fixture::PinDir,
     lbadm_bin,
     lbbed::Director,
@@ -137,9 +138,6 @@ fn lbadm_in(ns: &Netns, files: &Files, pins: &Path, args: &[&str]) -> Output {
     cmd.output().expect("running lbadm")
 }
 
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
 
 fn codes(v: &Value) -> Vec<String> {
     v["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap().to_string()).collect()
@@ -163,15 +161,6 @@ fn error_codes(v: &Value) -> Vec<String> {
         .filter(|f| f["severity"] == "error")
         .map(|f| f["code"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn assert_one_line_error(o: &Output, needles: &[&str]) {
-    let (out, err) = text(o);
-    assert!(!o.status.success(), "succeeded: {out}");
-    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
-    for n in needles {
-        assert!(err.contains(n), "{err:?} does not mention {n:?}");
-    }
 }
 
 fn has_addr(ns: &Netns, dev: &str, addr: Ipv4Addr, prefix: u8) -> bool {
@@ -315,41 +304,6 @@ fn xdp_setup_needs_a_director_and_an_interface() {
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(text(&o).0.contains("attached XDP decapsulation to eth0"));
     assert!(rs.lbadm(&["teardown"]).status.success());
-}
-
-/// Counts IPv4 frames from `src` that reach the stack of the namespace on `ifindex`.
-struct Sniffer(OwnedFd);
-
-impl Sniffer {
-    fn open(ns: &Netns, ifindex: u32) -> Sniffer {
-        ns.run(|| unsafe {
-            let proto = (libc::ETH_P_ALL as u16).to_be();
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, proto as i32);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = proto;
-            sll.sll_ifindex = ifindex as i32;
-            let rc = libc::bind(fd, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32);
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            Sniffer(OwnedFd::from_raw_fd(fd))
-        })
-    }
-
-    fn count_from(&self, src: Ipv4Addr) -> usize {
-        let mut n = 0;
-        let mut buf = [0u8; 2048];
-        loop {
-            let r = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if r < 0 {
-                return n;
-            }
-            let f = &buf[..r as usize];
-            if f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[26..30] == src.octets() {
-                n += 1;
-            }
-        }
-    }
 }
 
 /// Sends one raw IPv4 packet (header included) from `ns` to `dst`.

@@ -40,4 +40,14 @@ while IFS="$tab" read -r name exe dir; do
     fi
   fi
 done <"$VM_RUN/tests"
+if [ $# -eq 0 ]; then
+  # ipvsadm side by side with lbadm against kernel IPVS (only here: the host has no IPVS).
+  lbadm=""
+  while IFS="$tab" read -r name exe dir; do
+    [ -x "$(dirname "$exe")/../lbadm" ] && lbadm="$(dirname "$exe")/../lbadm" && break
+  done <"$VM_RUN/tests"
+  echo "vm-suite: ===== ipvsadm-side-by-side ====="
+  sh "$(dirname "$0")/ipvsadm-side-by-side.sh" "$lbadm" 2>&1 | tee "$VM_RUN/side-by-side.log"
+  [ -s "$VM_RUN/side-by-side.log" ] && grep -q ' 0 different$' "$VM_RUN/side-by-side.log" || status=1
+fi
 exit $status

@@ -54,6 +54,8 @@ const HOST_PACKAGES: &[(&str, &str)] = &[
     ("kmod", "depmod"),
     ("cpio", "cpio"),
     ("xz-utils", "xz"),
+    // Debian's ipvsadm, compared byte for byte with lbadm against the guest's kernel IPVS.
+    ("ipvsadm", "ipvsadm"),
 ];
 
 /// Bump when the initramfs layout changes (rebuilds it, keeps the download).

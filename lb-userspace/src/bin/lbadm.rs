@@ -145,11 +145,8 @@ fn main() -> ExitCode {
 /// ipvsadm's command line. The pin directory comes from `LBADM_PIN_DIR` (ipvsadm's grammar
 /// has no place for it).
 fn ipvsadm(args: &[String]) -> ExitCode {
-    let program = args
-        .first()
-        .and_then(|a| std::path::Path::new(a).file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "lbadm".into());
+    // As ipvsadm: messages name the program as it was invoked (argv[0], path and all).
+    let program = args.first().cloned().unwrap_or_else(|| "lbadm".into());
     let pin_dir = std::env::var_os("LBADM_PIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(datapath::DEFAULT_PIN_DIR));

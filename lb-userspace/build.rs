@@ -20,7 +20,11 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("no parent for {}", ebpf_package.manifest_path))?
         .as_str();
     aya_build::build_ebpf(
-        [Package { name: "lb-ebpf", root_dir, ..Default::default() }],
+        [Package {
+            name: "lb-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         Toolchain::Custom(EBPF_TOOLCHAIN),
     )
 }

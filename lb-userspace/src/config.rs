@@ -151,7 +151,9 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -164,12 +166,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     } else if let Some(n) = s.strip_suffix('m') {
         (n, 60.0)
     } else {
-        return Err(format!("invalid duration {s:?}: use a unit, e.g. \"500ms\", \"2s\", \"1m\""));
+        return Err(format!(
+            "invalid duration {s:?}: use a unit, e.g. \"500ms\", \"2s\", \"1m\""
+        ));
     };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use a unit, e.g. \"500ms\", \"2s\", \"1m\""))?;
+    let v: f64 = num.trim().parse().map_err(|_| {
+        format!("invalid duration {s:?}: use a unit, e.g. \"500ms\", \"2s\", \"1m\"")
+    })?;
     if !v.is_finite() || v < 0.0 || v * mult > 86_400.0 {
         return Err(format!("invalid duration {s:?}: must be between 0 and 24h"));
     }
@@ -242,7 +245,12 @@ struct RawReal {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -265,9 +273,14 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
         field: field.into(),
         reason,
     };
-    let raw: RawFile = toml::from_str(text).map_err(|e| err(e.span(), "", e.message().trim().to_string()))?;
+    let raw: RawFile =
+        toml::from_str(text).map_err(|e| err(e.span(), "", e.message().trim().to_string()))?;
     if raw.iface.is_empty() {
-        return Err(err(None, "iface", "must name the director's interface".into()));
+        return Err(err(
+            None,
+            "iface",
+            "must name the director's interface".into(),
+        ));
     }
     let mut services = Vec::new();
     let mut seen = HashSet::new();
@@ -276,13 +289,25 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
             RawProtocol::Tcp => Protocol::Tcp,
             RawProtocol::Udp => Protocol::Udp,
         };
-        let id = ServiceId { proto, addr: *s.vip.get_ref(), port: s.port };
+        let id = ServiceId {
+            proto,
+            addr: *s.vip.get_ref(),
+            port: s.port,
+        };
         let field = format!("service[{i}]");
         if !seen.insert(id) {
-            return Err(err(Some(s.vip.span()), &format!("{field}.vip"), format!("duplicate service {id}")));
+            return Err(err(
+                Some(s.vip.span()),
+                &format!("{field}.vip"),
+                format!("duplicate service {id}"),
+            ));
         }
         if s.port == 0 && s.persistence == 0 {
-            return Err(err(Some(s.vip.span()), &format!("{field}.port"), "port 0 needs persistence".into()));
+            return Err(err(
+                Some(s.vip.span()),
+                &format!("{field}.port"),
+                "port 0 needs persistence".into(),
+            ));
         }
         let mut addrs = HashSet::new();
         let mut reals = Vec::new();
@@ -311,13 +336,19 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
                 }
             };
             let check = merge_check(&s.check, r.check.as_ref(), s.port, &rfield, &err)?;
-            reals.push(RealConfig { addr, weight, check });
+            reals.push(RealConfig {
+                addr,
+                weight,
+                check,
+            });
         }
         // Validate the service defaults too, even without reals.
         merge_check(&s.check, None, s.port, &field, &err)?;
         services.push(ServiceConfig {
             id,
-            sched: s.scheduler.unwrap_or(crate::ipvsadm_command::DEFAULT_SCHEDULER),
+            sched: s
+                .scheduler
+                .unwrap_or(crate::ipvsadm_command::DEFAULT_SCHEDULER),
             persistence: s.persistence,
             on_failure: s.on_failure.unwrap_or(OnFailure::Quiesce),
             reals,
@@ -326,7 +357,9 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
     Ok(DaemonConfig {
         iface: raw.iface,
         pin_dir: raw.pin_dir,
-        status_file: raw.status_file.unwrap_or_else(|| DEFAULT_STATUS_FILE.into()),
+        status_file: raw
+            .status_file
+            .unwrap_or_else(|| DEFAULT_STATUS_FILE.into()),
         metrics: raw.metrics,
         services,
     })
@@ -350,10 +383,20 @@ fn merge_check(
     let timeout = pick(&r.timeout, &svc.timeout);
     let fall = r.fall.clone().or_else(|| svc.fall.clone());
     let rise = r.rise.clone().or_else(|| svc.rise.clone());
-    let iv = interval.as_ref().map(|d| d.get_ref().0).unwrap_or(Duration::from_secs(2));
-    let to = timeout.as_ref().map(|d| d.get_ref().0).unwrap_or(Duration::from_secs(1));
+    let iv = interval
+        .as_ref()
+        .map(|d| d.get_ref().0)
+        .unwrap_or(Duration::from_secs(2));
+    let to = timeout
+        .as_ref()
+        .map(|d| d.get_ref().0)
+        .unwrap_or(Duration::from_secs(1));
     if iv.is_zero() {
-        return Err(err(interval.map(|i| i.span()), &format!("{prefix}.interval"), "must be > 0".into()));
+        return Err(err(
+            interval.map(|i| i.span()),
+            &format!("{prefix}.interval"),
+            "must be > 0".into(),
+        ));
     }
     if to.is_zero() || to >= iv {
         let span = timeout.map(|t| t.span()).or(interval.map(|i| i.span()));
@@ -367,7 +410,11 @@ fn merge_check(
         if let Some(v) = v
             && *v.get_ref() == 0
         {
-            return Err(err(Some(v.span()), &format!("{prefix}.{name}"), "must be at least 1".into()));
+            return Err(err(
+                Some(v.span()),
+                &format!("{prefix}.{name}"),
+                "must be at least 1".into(),
+            ));
         }
     }
     Ok(CheckConfig {

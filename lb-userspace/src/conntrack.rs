@@ -15,7 +15,10 @@ const NS: u64 = 1_000_000_000;
 
 /// Now on the data path's clock (`bpf_ktime_get_coarse_ns` is CLOCK_MONOTONIC_COARSE).
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * NS + ts.tv_nsec as u64
 }
@@ -38,7 +41,9 @@ fn remaining(maps: &Maps, c: &Conn, now: u64) -> Option<u64> {
         return None;
     }
     let age = now.saturating_sub(c.last_seen_ns) / NS;
-    conn_timeout_secs(c.state).checked_sub(age).filter(|&r| r > 0)
+    conn_timeout_secs(c.state)
+        .checked_sub(age)
+        .filter(|&r| r > 0)
 }
 
 fn live_entries(maps: &Maps) -> Result<Vec<(ConnKey, Conn, u64)>, ServiceError> {
@@ -79,10 +84,16 @@ fn ip(be: u32) -> Ipv4Addr {
 pub fn entries(maps: &Maps, installed: &[InstalledService]) -> Result<Vec<ListConn>, ServiceError> {
     let mut rows = Vec::new();
     for (k, c, left) in live_entries(maps)? {
-        let Ok(real) = maps.reals.get(&c.real_id, 0) else { continue };
+        let Ok(real) = maps.reals.get(&c.real_id, 0) else {
+            continue;
+        };
         let dport = u16::from_be(k.dport);
         rows.push(ListConn {
-            proto: if k.proto == IPPROTO_UDP { Proto::Udp } else { Proto::Tcp },
+            proto: if k.proto == IPPROTO_UDP {
+                Proto::Udp
+            } else {
+                Proto::Tcp
+            },
             expire_secs: left,
             state: state_name(c.state),
             client: (ip(k.saddr), u16::from_be(k.sport)),
@@ -94,18 +105,29 @@ pub fn entries(maps: &Maps, installed: &[InstalledService]) -> Result<Vec<ListCo
     let now = now_ns();
     for item in maps.persist.iter() {
         let Ok((k, t)) = item else { continue };
-        let Some(svc) = by_slot.get(&k.service_id) else { continue };
-        let age = now.saturating_sub(t.last_seen_ns) / NS;
-        let Some(left) = (svc.spec.persistence as u64).checked_sub(age).filter(|&l| l > 0) else {
+        let Some(svc) = by_slot.get(&k.service_id) else {
             continue;
         };
-        let Ok(real) = maps.reals.get(&t.real_id, 0) else { continue };
+        let age = now.saturating_sub(t.last_seen_ns) / NS;
+        let Some(left) = (svc.spec.persistence as u64)
+            .checked_sub(age)
+            .filter(|&l| l > 0)
+        else {
+            continue;
+        };
+        let Ok(real) = maps.reals.get(&t.real_id, 0) else {
+            continue;
+        };
         if real.flags & REAL_F_IN_USE == 0 || real.generation != t.real_gen {
             continue;
         }
         let id = svc.spec.id;
         rows.push(ListConn {
-            proto: if id.proto == crate::services::Protocol::Udp { Proto::Udp } else { Proto::Tcp },
+            proto: if id.proto == crate::services::Protocol::Udp {
+                Proto::Udp
+            } else {
+                Proto::Tcp
+            },
             expire_secs: left,
             state: "NONE",
             client: (ip(k.saddr), 0),

@@ -139,14 +139,18 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut d = Daemon {
         path: opts.config,
         pin_dir,
-        cfg: DaemonConfig { services: Vec::new(), ..cfg.clone() },
+        cfg: DaemonConfig {
+            services: Vec::new(),
+            ..cfg.clone()
+        },
         maps,
         reals: BTreeMap::new(),
         tx,
         next_gen: 1,
         snapshot,
     };
-    d.apply_config(cfg, true).context("applying the configuration")?;
+    d.apply_config(cfg, true)
+        .context("applying the configuration")?;
     info!(config = %d.path.display(), services = d.cfg.services.len(), reals = d.reals.len(), "running");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -173,7 +177,10 @@ impl Daemon {
                 return;
             }
         };
-        if cfg.iface != self.cfg.iface || cfg.pin_dir != self.cfg.pin_dir || cfg.metrics != self.cfg.metrics {
+        if cfg.iface != self.cfg.iface
+            || cfg.pin_dir != self.cfg.pin_dir
+            || cfg.metrics != self.cfg.metrics
+        {
             warn!("iface, pin_dir and metrics changes take effect only on restart");
         }
         if let Err(e) = self.apply_config(cfg, false) {
@@ -187,8 +194,12 @@ impl Daemon {
         let mut health: HashMap<Key, (Tracker, SystemTime)> = HashMap::new();
         let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
             let _lock = self.maps.lock()?;
-            let current: HashMap<ServiceId, VirtualService> =
-                self.maps.read()?.into_iter().map(|s| (s.spec.id, s.spec)).collect();
+            let current: HashMap<ServiceId, VirtualService> = self
+                .maps
+                .read()?
+                .into_iter()
+                .map(|s| (s.spec.id, s.spec))
+                .collect();
             for s in &cfg.services {
                 for r in &s.reals {
                     let key = (s.id, r.addr);
@@ -196,13 +207,16 @@ impl Daemon {
                         health.insert(key, (e.tracker.clone(), e.since));
                         continue;
                     }
-                    let down = first.then(|| current.get(&s.id)).flatten().is_some_and(|c| {
-                        match (c.reals.iter().find(|x| x.addr == r.addr), s.on_failure) {
-                            (Some(x), OnFailure::Quiesce) => x.weight == 0 && r.weight > 0,
-                            (None, OnFailure::Remove) => true,
-                            _ => false,
-                        }
-                    });
+                    let down = first
+                        .then(|| current.get(&s.id))
+                        .flatten()
+                        .is_some_and(|c| {
+                            match (c.reals.iter().find(|x| x.addr == r.addr), s.on_failure) {
+                                (Some(x), OnFailure::Quiesce) => x.weight == 0 && r.weight > 0,
+                                (None, OnFailure::Remove) => true,
+                                _ => false,
+                            }
+                        });
                     let h = if down { Health::Down } else { Health::Up };
                     if down {
                         info!(service = %s.id, real = %r.addr, "starts DOWN (inherited from the maps)");
@@ -223,7 +237,10 @@ impl Daemon {
                     if let Some(c) = current.get(&s.id) {
                         for r in &c.reals {
                             if let Some(w) = desired(r.addr) {
-                                reals.push(RealServer { addr: r.addr, weight: w });
+                                reals.push(RealServer {
+                                    addr: r.addr,
+                                    weight: w,
+                                });
                             }
                         }
                     }
@@ -231,10 +248,18 @@ impl Daemon {
                         if !reals.iter().any(|x| x.addr == r.addr)
                             && let Some(w) = desired(r.addr)
                         {
-                            reals.push(RealServer { addr: r.addr, weight: w });
+                            reals.push(RealServer {
+                                addr: r.addr,
+                                weight: w,
+                            });
                         }
                     }
-                    VirtualService { id: s.id, sched: s.sched, persistence: s.persistence, reals }
+                    VirtualService {
+                        id: s.id,
+                        sched: s.sched,
+                        persistence: s.persistence,
+                        reals,
+                    }
                 })
                 .collect();
             let mut have: Vec<VirtualService> = current.into_values().collect();
@@ -253,7 +278,9 @@ impl Daemon {
         for s in &cfg.services {
             for r in &s.reals {
                 let key = (s.id, r.addr);
-                let (tracker, since) = health.remove(&key).expect("health of every configured real");
+                let (tracker, since) = health
+                    .remove(&key)
+                    .expect("health of every configured real");
                 match old.remove(&key) {
                     Some(mut e) if e.check == r.check => {
                         e.weight = r.weight;
@@ -295,7 +322,9 @@ impl Daemon {
     }
 
     fn on_event(&mut self, ev: Event) {
-        let Some(e) = self.reals.get_mut(&ev.key) else { return };
+        let Some(e) = self.reals.get_mut(&ev.key) else {
+            return;
+        };
         if e.generation != ev.generation {
             return;
         }
@@ -307,7 +336,9 @@ impl Daemon {
             tracing::debug!(service = %ev.key.0, real = %ev.key.1, "check failed: {text}");
         }
         e.last = Some((ok, text.clone(), latency));
-        let Some(h) = e.tracker.record(ok, e.check.fall, e.check.rise) else { return };
+        let Some(h) = e.tracker.record(ok, e.check.fall, e.check.rise) else {
+            return;
+        };
         e.since = SystemTime::now();
         let (weight, on_failure) = (e.weight, e.on_failure);
         let action = match (h, on_failure) {
@@ -320,8 +351,12 @@ impl Daemon {
             Health::Up => e.check.rise,
         };
         match h {
-            Health::Down => warn!(service = %ev.key.0, real = %ev.key.1, "DOWN after {n} failed checks ({text}): {action}"),
-            Health::Up => info!(service = %ev.key.0, real = %ev.key.1, "UP after {n} successful checks: {action}"),
+            Health::Down => {
+                warn!(service = %ev.key.0, real = %ev.key.1, "DOWN after {n} failed checks ({text}): {action}")
+            }
+            Health::Up => {
+                info!(service = %ev.key.0, real = %ev.key.1, "UP after {n} successful checks: {action}")
+            }
         }
         if let Err(err) = self.set_real(ev.key, desired_weight(weight, on_failure, h)) {
             error!(service = %ev.key.0, real = %ev.key.1, "changing the maps failed: {err:#}");
@@ -334,7 +369,8 @@ impl Daemon {
     fn set_real(&mut self, (svc, addr): Key, want: Option<u32>) -> anyhow::Result<()> {
         tokio::task::block_in_place(|| {
             let _lock = self.maps.lock()?;
-            let mut table: Vec<VirtualService> = self.maps.read()?.into_iter().map(|s| s.spec).collect();
+            let mut table: Vec<VirtualService> =
+                self.maps.read()?.into_iter().map(|s| s.spec).collect();
             let Some(s) = table.iter_mut().find(|s| s.id == svc) else {
                 warn!(service = %svc, "the service is not in the maps (changed outside the daemon?): nothing to do");
                 return Ok(());
@@ -355,7 +391,11 @@ impl Daemon {
     }
 
     fn status_json(&self) -> serde_json::Value {
-        let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let unix = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
         let services: Vec<_> = self
             .cfg
             .services
@@ -400,7 +440,11 @@ impl Daemon {
 
     fn write_status(&mut self) {
         if let Ok(mut snap) = self.snapshot.lock() {
-            *snap = self.reals.iter().map(|(k, e)| (k.0, k.1, e.tracker.health)).collect();
+            *snap = self
+                .reals
+                .iter()
+                .map(|(k, e)| (k.0, k.1, e.tracker.health))
+                .collect();
         }
         let path = self.cfg.status_file.clone();
         let body = match serde_json::to_vec_pretty(&self.status_json()) {
@@ -409,7 +453,8 @@ impl Daemon {
         };
         if let Err(e) = write_atomically(&path, &body) {
             // Once per second at most; keep it at debug after the first time.
-            static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
             if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 warn!(path = %path.display(), "cannot write the status file: {e}");
             }
@@ -443,7 +488,10 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
         Rng((t ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
     }
     fn next(&mut self) -> u64 {
@@ -454,11 +502,20 @@ impl Rng {
     }
     fn upto(&mut self, d: Duration) -> Duration {
         let n = d.as_nanos() as u64;
-        if n == 0 { Duration::ZERO } else { Duration::from_nanos(self.next() % (n + 1)) }
+        if n == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(self.next() % (n + 1))
+        }
     }
 }
 
-fn spawn_checker(key: Key, check: CheckConfig, generation: u64, tx: mpsc::UnboundedSender<Event>) -> JoinHandle<()> {
+fn spawn_checker(
+    key: Key,
+    check: CheckConfig,
+    generation: u64,
+    tx: mpsc::UnboundedSender<Event>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut rng = Rng::new(generation ^ u64::from(u32::from(key.1)) << 16);
         let target = CheckTarget::direct(key.1, &check);
@@ -467,7 +524,14 @@ fn spawn_checker(key: Key, check: CheckConfig, generation: u64, tx: mpsc::Unboun
         loop {
             let start = tokio::time::Instant::now();
             let result = healthcheck::run_check(target, &check).await;
-            if tx.send(Event { key, generation, result }).is_err() {
+            if tx
+                .send(Event {
+                    key,
+                    generation,
+                    result,
+                })
+                .is_err()
+            {
                 return;
             }
             tokio::time::sleep_until(start + check.interval + rng.upto(check.jitter)).await;
@@ -475,7 +539,11 @@ fn spawn_checker(key: Key, check: CheckConfig, generation: u64, tx: mpsc::Unboun
     })
 }
 
-async fn serve_metrics(listener: tokio::net::TcpListener, pin_dir: PathBuf, snapshot: HealthSnapshot) {
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    pin_dir: PathBuf,
+    snapshot: HealthSnapshot,
+) {
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -486,7 +554,8 @@ async fn serve_metrics(listener: tokio::net::TcpListener, pin_dir: PathBuf, snap
             let mut req = Vec::new();
             let mut buf = [0u8; 1024];
             let deadline = Instant::now() + Duration::from_secs(2);
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n") {
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n")
+            {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, s.read(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => req.extend_from_slice(&buf[..n]),
@@ -496,10 +565,16 @@ async fn serve_metrics(listener: tokio::net::TcpListener, pin_dir: PathBuf, snap
                     break;
                 }
             }
-            let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_string();
+            let line = String::from_utf8_lossy(&req)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
             let mut parts = line.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, body) = if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
+            let (status, body) = if method == "GET"
+                && (path == "/metrics" || path.starts_with("/metrics?"))
+            {
                 match tokio::task::spawn_blocking(move || metrics_text(&pin_dir, &snapshot)).await {
                     Ok(Ok(b)) => ("200 OK", b),
                     Ok(Err(e)) => ("500 Internal Server Error", format!("{e:#}\n")),
@@ -525,14 +600,23 @@ pub fn metrics_text(pin_dir: &Path, snapshot: &HealthSnapshot) -> anyhow::Result
     let services = maps.read()?;
     let mut out = String::new();
     let svc_label = |id: &ServiceId| {
-        format!("protocol=\"{}\",vip=\"{}\",port=\"{}\"", id.proto.name().to_lowercase(), id.addr, id.port)
+        format!(
+            "protocol=\"{}\",vip=\"{}\",port=\"{}\"",
+            id.proto.name().to_lowercase(),
+            id.addr,
+            id.port
+        )
     };
     let mut svc_rows = Vec::new();
     let mut real_rows = Vec::new();
     for s in &services {
         svc_rows.push((svc_label(&s.spec.id), maps.service_stats(s.slot)?));
         for (r, &slot) in s.spec.reals.iter().zip(&s.real_slots) {
-            real_rows.push((format!("{},real=\"{}\"", svc_label(&s.spec.id), r.addr), maps.real_stats(slot)?, r.weight));
+            real_rows.push((
+                format!("{},real=\"{}\"", svc_label(&s.spec.id), r.addr),
+                maps.real_stats(slot)?,
+                r.weight,
+            ));
         }
     }
     for (name, help, f) in [
@@ -541,7 +625,10 @@ pub fn metrics_text(pin_dir: &Path, snapshot: &HealthSnapshot) -> anyhow::Result
         ("bytes", "inbound bytes forwarded", 2),
     ] {
         let pick = |c: &lb_common::Counters| [c.conns, c.packets, c.bytes][f];
-        let _ = writeln!(out, "# HELP lbadm_service_{name}_total Virtual service: {help}.");
+        let _ = writeln!(
+            out,
+            "# HELP lbadm_service_{name}_total Virtual service: {help}."
+        );
         let _ = writeln!(out, "# TYPE lbadm_service_{name}_total counter");
         for (l, c) in &svc_rows {
             let _ = writeln!(out, "lbadm_service_{name}_total{{{l}}} {}", pick(c));
@@ -552,16 +639,27 @@ pub fn metrics_text(pin_dir: &Path, snapshot: &HealthSnapshot) -> anyhow::Result
             let _ = writeln!(out, "lbadm_real_{name}_total{{{l}}} {}", pick(c));
         }
     }
-    let _ = writeln!(out, "# HELP lbadm_real_weight Real server weight in the maps (0 = quiesced).");
+    let _ = writeln!(
+        out,
+        "# HELP lbadm_real_weight Real server weight in the maps (0 = quiesced)."
+    );
     let _ = writeln!(out, "# TYPE lbadm_real_weight gauge");
     for (l, _, w) in &real_rows {
         let _ = writeln!(out, "lbadm_real_weight{{{l}}} {w}");
     }
-    let _ = writeln!(out, "# HELP lbadm_real_up Health of a configured real server (1 = UP, 0 = DOWN).");
+    let _ = writeln!(
+        out,
+        "# HELP lbadm_real_up Health of a configured real server (1 = UP, 0 = DOWN)."
+    );
     let _ = writeln!(out, "# TYPE lbadm_real_up gauge");
     let snap = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
     for (id, addr, h) in snap {
-        let _ = writeln!(out, "lbadm_real_up{{{},real=\"{addr}\"}} {}", svc_label(&id), u8::from(h == Health::Up));
+        let _ = writeln!(
+            out,
+            "lbadm_real_up{{{},real=\"{addr}\"}} {}",
+            svc_label(&id),
+            u8::from(h == Health::Up)
+        );
     }
     Ok(out)
 }

@@ -31,7 +31,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("this needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach eBPF programs: run it as root")]
+    #[error(
+        "this needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach eBPF programs: run it as root"
+    )]
     NotRoot,
     #[error("no interface named `{0}`: pick one from `ip -br link`")]
     NoSuchInterface(String),
@@ -39,7 +41,9 @@ pub enum DatapathError {
         "{0} is not on a mounted bpffs: mount one with `mount -t bpf bpf /sys/fs/bpf`, or pass --pin-dir under a bpffs mount"
     )]
     NoBpffs(PathBuf),
-    #[error("the data path is not attached (nothing pinned under {0}): run `lbadm attach --iface IF`")]
+    #[error(
+        "the data path is not attached (nothing pinned under {0}): run `lbadm attach --iface IF`"
+    )]
     NotAttached(PathBuf),
     #[error("the data path is already attached (pinned under {0}): run `lbadm detach` first")]
     AlreadyAttached(PathBuf),
@@ -47,7 +51,9 @@ pub enum DatapathError {
         "interface `{0}` has no IPv4 address to use as the tunnel source: add one or pass --tunnel-source ADDR"
     )]
     NoTunnelSource(String),
-    #[error("this kernel cannot attach XDP to `{iface}` (neither native nor generic mode): {source}")]
+    #[error(
+        "this kernel cannot attach XDP to `{iface}` (neither native nor generic mode): {source}"
+    )]
     NoXdp {
         iface: String,
         #[source]
@@ -73,7 +79,10 @@ trait Ctx<T> {
 
 impl<T, E: std::error::Error + Send + Sync + 'static> Ctx<T> for std::result::Result<T, E> {
     fn ctx(self, what: &str) -> Result<T> {
-        self.map_err(|e| DatapathError::Bpf { what: what.to_string(), source: one_line(&e).into() })
+        self.map_err(|e| DatapathError::Bpf {
+            what: what.to_string(),
+            source: one_line(&e).into(),
+        })
     }
 }
 
@@ -87,14 +96,25 @@ fn one_line(e: &dyn std::error::Error) -> String {
     let reason = log
         .lines()
         .map(str::trim)
-        .rfind(|l| !l.is_empty() && !l.starts_with("verification time") && !l.starts_with("processed ")
-            && !l.starts_with("stack depth") && !l.starts_with(':'))
+        .rfind(|l| {
+            !l.is_empty()
+                && !l.starts_with("verification time")
+                && !l.starts_with("processed ")
+                && !l.starts_with("stack depth")
+                && !l.starts_with(':')
+        })
         .unwrap_or("(empty log)");
-    format!("{} verifier says: {reason} (kernel {})", head.trim(), kernel_release())
+    format!(
+        "{} verifier says: {reason} (kernel {})",
+        head.trim(),
+        kernel_release()
+    )
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn ensure_root() -> Result<()> {
@@ -107,7 +127,9 @@ pub fn ensure_root() -> Result<()> {
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
@@ -116,7 +138,11 @@ fn is_bpffs(path: &Path) -> bool {
 /// Like bpftool, mount the standard bpffs at /sys/fs/bpf when nothing is mounted there (some
 /// minimal systems and containers boot without it).
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    let probe = if pin_dir.exists() { pin_dir } else { pin_dir.parent().unwrap_or(Path::new("/")) };
+    let probe = if pin_dir.exists() {
+        pin_dir
+    } else {
+        pin_dir.parent().unwrap_or(Path::new("/"))
+    };
     if is_bpffs(probe) {
         return Ok(());
     }
@@ -239,7 +265,11 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
             .ok_or_else(|| DatapathError::NoTunnelSource(opts.iface.clone()))?,
     };
     let existed = opts.pin_dir.exists();
-    let mut undo = Undo { pin_dir: opts.pin_dir.clone(), remove_pins: !existed, iface: None };
+    let mut undo = Undo {
+        pin_dir: opts.pin_dir.clone(),
+        remove_pins: !existed,
+        iface: None,
+    };
     let mut bpf = load(&opts.pin_dir, opts.log)?;
     let mut report = AttachReport {
         ifindex,
@@ -255,7 +285,10 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
     let link_id = if opts.generic {
         report.generic = true;
         xdp.attach_to_if_index(ifindex, XdpMode::Skb)
-            .map_err(|source| DatapathError::NoXdp { iface: opts.iface.clone(), source })?
+            .map_err(|source| DatapathError::NoXdp {
+                iface: opts.iface.clone(),
+                source,
+            })?
     } else {
         match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
             Ok(id) => id,
@@ -266,7 +299,10 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
                     opts.iface
                 ));
                 xdp.attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map_err(|source| DatapathError::NoXdp { iface: opts.iface.clone(), source })?
+                    .map_err(|source| DatapathError::NoXdp {
+                        iface: opts.iface.clone(),
+                        source,
+                    })?
             }
         }
     };
@@ -274,12 +310,14 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
     let link: FdLink = link
         .try_into()
         .ctx("this kernel attached XDP without a bpf_link (needs Linux >= 5.9)")?;
-    link.pin(opts.pin_dir.join(XDP_LINK_PIN)).ctx("pinning the XDP link")?;
+    link.pin(opts.pin_dir.join(XDP_LINK_PIN))
+        .ctx("pinning the XDP link")?;
 
     // TC ingress finishes what XDP cannot: packets whose next hop is not resolved yet.
     undo.iface = Some(opts.iface.clone());
     // Before Linux 6.6 (no TCX links) the TC program hangs off a clsact qdisc.
-    let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    let tcx = aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
     if !tcx && let Err(e) = tc::qdisc_add_clsact(&opts.iface) {
         let exists = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
             .any(|e| e.to_string().contains("os error 17"));
@@ -295,7 +333,8 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
     let tc_link = cls.take_link(tc_id).ctx("taking the TC link")?;
     if tcx {
         let fd = FdLink::try_from(tc_link).ctx("the TC program attached without a link")?;
-        fd.pin(opts.pin_dir.join(TC_LINK_PIN)).ctx("pinning the TC link")?;
+        fd.pin(opts.pin_dir.join(TC_LINK_PIN))
+            .ctx("pinning the TC link")?;
     } else {
         // Before Linux 6.6 the filter lives in the qdisc. Dropping the link object would remove
         // it, so it is forgotten instead; detach removes the filter by program name.
@@ -340,7 +379,8 @@ where
         what: format!("program {name} missing from the object"),
         source: "not found".into(),
     })?;
-    p.try_into().ctx(&format!("program {name} has an unexpected type"))
+    p.try_into()
+        .ctx(&format!("program {name} has an unexpected type"))
 }
 
 fn write_config(bpf: &mut Ebpf, cfg: &Config) -> Result<()> {
@@ -436,5 +476,8 @@ pub fn detach(pin_dir: &Path) -> Result<DetachReport> {
         }
     }
     remove_pins(pin_dir);
-    Ok(DetachReport { iface, forwarding_restored })
+    Ok(DetachReport {
+        iface,
+        forwarding_restored,
+    })
 }

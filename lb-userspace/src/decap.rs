@@ -16,13 +16,23 @@ use std::{net::Ipv4Addr, path::Path};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbadm-decap";
 const LINK_PIN: &str = "link_xdp";
 
-fn bpf<E: std::error::Error + Send + Sync + 'static>(what: &str) -> impl FnOnce(E) -> DatapathError + '_ {
-    move |e| DatapathError::Bpf { what: what.to_string(), source: Box::new(e) }
+fn bpf<E: std::error::Error + Send + Sync + 'static>(
+    what: &str,
+) -> impl FnOnce(E) -> DatapathError + '_ {
+    move |e| DatapathError::Bpf {
+        what: what.to_string(),
+        source: Box::new(e),
+    }
 }
 
 /// Attaches decapsulation to `iface`, accepting IPIP only from `directors` and only for `vips`.
 /// On failure nothing is left behind.
-pub fn attach(iface: &str, pin_dir: &Path, directors: &[Ipv4Addr], vips: &[Ipv4Addr]) -> Result<bool> {
+pub fn attach(
+    iface: &str,
+    pin_dir: &Path,
+    directors: &[Ipv4Addr],
+    vips: &[Ipv4Addr],
+) -> Result<bool> {
     datapath::ensure_root()?;
     let ifindex = datapath::ifindex(iface)?;
     datapath::ensure_bpffs(pin_dir)?;
@@ -39,15 +49,22 @@ pub fn attach(iface: &str, pin_dir: &Path, directors: &[Ipv4Addr], vips: &[Ipv4A
         set_members(&mut ebpf, MAP_DECAP_VIPS, vips)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_DECAP)
-            .ok_or_else(|| DatapathError::Bpf { what: PROG_DECAP.into(), source: "missing".into() })?
+            .ok_or_else(|| DatapathError::Bpf {
+                what: PROG_DECAP.into(),
+                source: "missing".into(),
+            })?
             .try_into()
             .map_err(bpf("decap program type"))?;
-        prog.load().map_err(bpf("loading the decapsulation program (verifier)"))?;
+        prog.load()
+            .map_err(bpf("loading the decapsulation program (verifier)"))?;
         let (id, generic) = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
             Ok(id) => (id, false),
             Err(_) => (
                 prog.attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map_err(|source| DatapathError::NoXdp { iface: iface.into(), source })?,
+                    .map_err(|source| DatapathError::NoXdp {
+                        iface: iface.into(),
+                        source,
+                    })?,
                 true,
             ),
         };
@@ -56,7 +73,8 @@ pub fn attach(iface: &str, pin_dir: &Path, directors: &[Ipv4Addr], vips: &[Ipv4A
             .map_err(bpf("taking the XDP link"))?
             .try_into()
             .map_err(bpf("XDP without a bpf_link (needs Linux >= 5.9)"))?;
-        link.pin(pin_dir.join(LINK_PIN)).map_err(bpf("pinning the XDP link"))?;
+        link.pin(pin_dir.join(LINK_PIN))
+            .map_err(bpf("pinning the XDP link"))?;
         Ok(generic)
     })();
     if result.is_err() {
@@ -66,9 +84,10 @@ pub fn attach(iface: &str, pin_dir: &Path, directors: &[Ipv4Addr], vips: &[Ipv4A
 }
 
 fn set_members(ebpf: &mut aya::Ebpf, map: &str, addrs: &[Ipv4Addr]) -> Result<()> {
-    let m = ebpf
-        .map_mut(map)
-        .ok_or_else(|| DatapathError::Bpf { what: map.into(), source: "missing".into() })?;
+    let m = ebpf.map_mut(map).ok_or_else(|| DatapathError::Bpf {
+        what: map.into(),
+        source: "missing".into(),
+    })?;
     let mut h: HashMap<&mut MapData, u32, u8> = HashMap::try_from(m).map_err(bpf(map))?;
     let stale: Vec<u32> = h.keys().filter_map(|k| k.ok()).collect();
     for k in stale {

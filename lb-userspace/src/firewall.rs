@@ -55,7 +55,8 @@ fn attr<'a>(a: &[(u16, &'a [u8])], ty: u16) -> Option<&'a [u8]> {
 }
 
 fn be32(v: Option<&[u8]>) -> Option<u32> {
-    v.filter(|v| v.len() >= 4).map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+    v.filter(|v| v.len() >= 4)
+        .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
 }
 
 fn string(v: Option<&[u8]>) -> String {
@@ -65,7 +66,13 @@ fn string(v: Option<&[u8]>) -> String {
 
 /// Dumps one nftables object type; returns (family, attribute bytes) per message.
 fn dump(msg_type: u16) -> io::Result<Vec<(u8, Vec<u8>)>> {
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -132,14 +139,17 @@ fn rule_blocks_ipip(exprs: &[u8]) -> Option<&'static str> {
         match name.as_str() {
             // ip protocol: network header, offset 9, 1 byte.
             "payload" => {
-                loaded_proto =
-                    be32(attr(&data, 2)) == Some(1) && be32(attr(&data, 3)) == Some(9) && be32(attr(&data, 4)) == Some(1);
+                loaded_proto = be32(attr(&data, 2)) == Some(1)
+                    && be32(attr(&data, 3)) == Some(9)
+                    && be32(attr(&data, 4)) == Some(1);
             }
             // meta l4proto (NFT_META_L4PROTO = 16).
             "meta" => loaded_proto = be32(attr(&data, 2)) == Some(16),
             "cmp" => {
                 let eq = be32(attr(&data, 2)) == Some(0);
-                let value = attr(&data, 3).map(attrs).and_then(|v| attr(&v, 1).map(|x| x.to_vec()));
+                let value = attr(&data, 3)
+                    .map(attrs)
+                    .and_then(|v| attr(&v, 1).map(|x| x.to_vec()));
                 if loaded_proto && eq && value.as_deref() == Some(&[4]) {
                     matches_ipip = true;
                 }
@@ -167,20 +177,28 @@ pub fn ipip_blocking_rules() -> io::Result<Vec<IpipBlock>> {
     for (family, msg) in dump(NFT_MSG_GETCHAIN)? {
         let a = attrs(&msg);
         let hook = attr(&a, 4).map(attrs).and_then(|h| be32(attr(&h, 1)));
-        if family != NFPROTO_NETDEV && hook.is_some_and(|h| h != HOOK_PREROUTING && h != HOOK_INPUT) {
+        if family != NFPROTO_NETDEV && hook.is_some_and(|h| h != HOOK_PREROUTING && h != HOOK_INPUT)
+        {
             outbound.insert((family, string(attr(&a, 1)), string(attr(&a, 3))));
         }
     }
     let mut out = Vec::new();
     for (family, msg) in dump(NFT_MSG_GETRULE)? {
-        let Some(fam) = family_name(family) else { continue };
+        let Some(fam) = family_name(family) else {
+            continue;
+        };
         let a = attrs(&msg);
         let (table, chain) = (string(attr(&a, 1)), string(attr(&a, 2)));
         if outbound.contains(&(family, table.clone(), chain.clone())) {
             continue;
         }
         if let Some(verdict) = attr(&a, 4).and_then(rule_blocks_ipip) {
-            out.push(IpipBlock { family: fam, table, chain, verdict });
+            out.push(IpipBlock {
+                family: fam,
+                table,
+                chain,
+                verdict,
+            });
         }
     }
     Ok(out)
@@ -208,27 +226,74 @@ mod tests {
     }
 
     fn payload_proto() -> Vec<u8> {
-        expr("payload", [nla(1, &1u32.to_be_bytes()), nla(2, &1u32.to_be_bytes()), nla(3, &9u32.to_be_bytes()), nla(4, &1u32.to_be_bytes())].concat())
+        expr(
+            "payload",
+            [
+                nla(1, &1u32.to_be_bytes()),
+                nla(2, &1u32.to_be_bytes()),
+                nla(3, &9u32.to_be_bytes()),
+                nla(4, &1u32.to_be_bytes()),
+            ]
+            .concat(),
+        )
     }
 
     fn cmp_eq(v: u8) -> Vec<u8> {
-        expr("cmp", [nla(1, &1u32.to_be_bytes()), nla(2, &0u32.to_be_bytes()), nla(3, &nla(1, &[v]))].concat())
+        expr(
+            "cmp",
+            [
+                nla(1, &1u32.to_be_bytes()),
+                nla(2, &0u32.to_be_bytes()),
+                nla(3, &nla(1, &[v])),
+            ]
+            .concat(),
+        )
     }
 
     fn verdict(code: u32) -> Vec<u8> {
-        expr("immediate", [nla(1, &0u32.to_be_bytes()), nla(2, &nla(2, &nla(1, &code.to_be_bytes())))].concat())
+        expr(
+            "immediate",
+            [
+                nla(1, &0u32.to_be_bytes()),
+                nla(2, &nla(2, &nla(1, &code.to_be_bytes()))),
+            ]
+            .concat(),
+        )
     }
 
     #[test]
     fn recognises_protocol_4_drop_and_reject_only() {
         let rule = |parts: Vec<Vec<u8>>| parts.concat();
-        assert_eq!(rule_blocks_ipip(&rule(vec![payload_proto(), cmp_eq(4), verdict(0)])), Some("drop"));
-        assert_eq!(rule_blocks_ipip(&rule(vec![payload_proto(), cmp_eq(4), expr("counter", vec![]), expr("reject", vec![])])), Some("reject"));
+        assert_eq!(
+            rule_blocks_ipip(&rule(vec![payload_proto(), cmp_eq(4), verdict(0)])),
+            Some("drop")
+        );
+        assert_eq!(
+            rule_blocks_ipip(&rule(vec![
+                payload_proto(),
+                cmp_eq(4),
+                expr("counter", vec![]),
+                expr("reject", vec![])
+            ])),
+            Some("reject")
+        );
         // accept (NF_ACCEPT = 1), another protocol, or drop without a protocol match: fine
-        assert_eq!(rule_blocks_ipip(&rule(vec![payload_proto(), cmp_eq(4), verdict(1)])), None);
-        assert_eq!(rule_blocks_ipip(&rule(vec![payload_proto(), cmp_eq(47), verdict(0)])), None);
+        assert_eq!(
+            rule_blocks_ipip(&rule(vec![payload_proto(), cmp_eq(4), verdict(1)])),
+            None
+        );
+        assert_eq!(
+            rule_blocks_ipip(&rule(vec![payload_proto(), cmp_eq(47), verdict(0)])),
+            None
+        );
         assert_eq!(rule_blocks_ipip(&rule(vec![verdict(0)])), None);
-        let meta = expr("meta", [nla(1, &1u32.to_be_bytes()), nla(2, &16u32.to_be_bytes())].concat());
-        assert_eq!(rule_blocks_ipip(&rule(vec![meta, cmp_eq(4), verdict(0)])), Some("drop"));
+        let meta = expr(
+            "meta",
+            [nla(1, &1u32.to_be_bytes()), nla(2, &16u32.to_be_bytes())].concat(),
+        );
+        assert_eq!(
+            rule_blocks_ipip(&rule(vec![meta, cmp_eq(4), verdict(0)])),
+            Some("drop")
+        );
     }
 }

@@ -99,9 +99,9 @@ async fn read_greeting(s: &mut TcpStream) -> Result<Greeting, String> {
 async fn read_exact(s: &mut TcpStream, buf: &mut [u8], what: &str) -> Result<(), String> {
     match s.read_exact(buf).await {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(format!("mysql: connection closed before the greeting's {what}"))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(format!(
+            "mysql: connection closed before the greeting's {what}"
+        )),
         Err(e) => Err(format!("mysql: reading the greeting: {e}")),
     }
 }
@@ -138,7 +138,10 @@ pub fn parse_greeting(seq: u8, p: &[u8]) -> Result<Greeting, String> {
         return Err("mysql: greeting too short".into());
     }
     if rest[12] != 0 {
-        return Err(format!("mysql: greeting filler is {:#04x}, expected 0", rest[12]));
+        return Err(format!(
+            "mysql: greeting filler is {:#04x}, expected 0",
+            rest[12]
+        ));
     }
     Ok(Greeting {
         server_version: version,
@@ -181,7 +184,11 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(health: Health) -> Self {
-        Tracker { health, fails: 0, oks: 0 }
+        Tracker {
+            health,
+            fails: 0,
+            oks: 0,
+        }
     }
 
     /// Records one result; returns the new health if it changed.
@@ -248,7 +255,10 @@ mod tests {
         let mut err = vec![0xff];
         err.extend_from_slice(&1040u16.to_le_bytes());
         err.extend_from_slice(b"#08004Too many connections");
-        assert_eq!(parse_greeting(0, &err).unwrap_err(), "mysql: ERR 1040 Too many connections");
+        assert_eq!(
+            parse_greeting(0, &err).unwrap_err(),
+            "mysql: ERR 1040 Too many connections"
+        );
     }
 
     #[test]

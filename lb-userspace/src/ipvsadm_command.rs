@@ -11,7 +11,9 @@ use crate::{
     ipvsadm_format::{self as fmt, ListOptions, ListReal, ListService, Resolver},
     ipvsadm_grammar::{self as grammar, Command, Invocation},
     scheduler::Scheduler,
-    services::{InstalledService, Maps, Protocol, RealServer, ServiceError, ServiceId, VirtualService},
+    services::{
+        InstalledService, Maps, Protocol, RealServer, ServiceError, ServiceId, VirtualService,
+    },
 };
 use lb_common::Counters;
 use std::{collections::HashMap, io::Read, path::Path, time::Duration};
@@ -26,7 +28,11 @@ pub struct Outcome {
 
 impl Outcome {
     fn ok(stdout: String) -> Self {
-        Outcome { stdout, stderr: String::new(), code: 0 }
+        Outcome {
+            stdout,
+            stderr: String::new(),
+            code: 0,
+        }
     }
 
     fn err(message: impl Into<String>, code: i32) -> Self {
@@ -34,7 +40,11 @@ impl Outcome {
         if !stderr.ends_with('\n') {
             stderr.push('\n');
         }
-        Outcome { stdout: String::new(), stderr, code }
+        Outcome {
+            stdout: String::new(),
+            stderr,
+            code,
+        }
     }
 }
 
@@ -88,7 +98,9 @@ pub fn run(program: &str, args: &[String], pin_dir: &Path, stdin: &mut dyn Read)
     ] {
         if given {
             return Outcome::err(
-                format!("Option '{option}' is not supported by this director's listings (use -L -n, --stats, --rate, -c or --json)"),
+                format!(
+                    "Option '{option}' is not supported by this director's listings (use -L -n, --stats, --rate, -c or --json)"
+                ),
                 2,
             );
         }
@@ -107,7 +119,10 @@ pub fn run(program: &str, args: &[String], pin_dir: &Path, stdin: &mut dyn Read)
 }
 
 /// Runs `f` on the current table under the lock and applies the result, or nothing.
-fn change(maps: &mut Maps, f: impl FnOnce(&mut Vec<VirtualService>) -> Result<(), Outcome>) -> Outcome {
+fn change(
+    maps: &mut Maps,
+    f: impl FnOnce(&mut Vec<VirtualService>) -> Result<(), Outcome>,
+) -> Outcome {
     let _lock = match maps.lock() {
         Ok(l) => l,
         Err(e) => return map_failure(e),
@@ -139,7 +154,9 @@ fn service_id(inv: &Invocation) -> Option<ServiceId> {
 fn scheduler(name: Option<&str>) -> Result<Scheduler, Outcome> {
     match name {
         None => Ok(DEFAULT_SCHEDULER),
-        Some(n) => n.parse().map_err(|_| op_err("Scheduler or persistence engine not found")),
+        Some(n) => n
+            .parse()
+            .map_err(|_| op_err("Scheduler or persistence engine not found")),
     }
 }
 
@@ -155,7 +172,12 @@ fn edit(table: &mut Vec<VirtualService>, inv: &Invocation) -> Result<(), Outcome
             if pos(table).is_some() {
                 return Err(op_err("Service already exists"));
             }
-            table.push(VirtualService { id, sched, persistence: inv.persistent.unwrap_or(0), reals: Vec::new() });
+            table.push(VirtualService {
+                id,
+                sched,
+                persistence: inv.persistent.unwrap_or(0),
+                reals: Vec::new(),
+            });
         }
         Command::EditService => {
             let sched = scheduler(inv.scheduler.as_deref())?;
@@ -175,9 +197,10 @@ fn edit(table: &mut Vec<VirtualService>, inv: &Invocation) -> Result<(), Outcome
             let r = reals.iter().position(|r| r.addr == addr);
             match (inv.command, r) {
                 (Command::AddServer, Some(_)) => return Err(op_err("Destination already exists")),
-                (Command::AddServer, None) => {
-                    reals.push(RealServer { addr, weight: inv.weight.unwrap_or(1) })
-                }
+                (Command::AddServer, None) => reals.push(RealServer {
+                    addr,
+                    weight: inv.weight.unwrap_or(1),
+                }),
                 (_, None) => return Err(op_err("No such destination")),
                 (Command::EditServer, Some(r)) => reals[r].weight = inv.weight.unwrap_or(1),
                 (_, Some(r)) => {
@@ -193,11 +216,15 @@ fn edit(table: &mut Vec<VirtualService>, inv: &Invocation) -> Result<(), Outcome
 fn restore(program: &str, maps: &mut Maps, stdin: &mut dyn Read) -> Outcome {
     let mut input = String::new();
     if let Err(e) = stdin.read_to_string(&mut input) {
-        return Outcome::err(format!("lbadm: reading the rules from standard input: {e}"), 2);
+        return Outcome::err(
+            format!("lbadm: reading the rules from standard input: {e}"),
+            2,
+        );
     }
     change(maps, |table| {
         for args in grammar::restore_lines(&input) {
-            let inv = grammar::parse_as(program, &args).map_err(|e| Outcome::err(e.message, e.exit_code))?;
+            let inv = grammar::parse_as(program, &args)
+                .map_err(|e| Outcome::err(e.message, e.exit_code))?;
             match inv.command {
                 Command::AddService
                 | Command::EditService
@@ -224,7 +251,10 @@ fn zero(maps: &mut Maps, inv: &Invocation) -> Outcome {
         Err(e) => return map_failure(e),
     };
     let id = service_id(inv);
-    let chosen: Vec<_> = installed.iter().filter(|s| id.is_none_or(|id| s.spec.id == id)).collect();
+    let chosen: Vec<_> = installed
+        .iter()
+        .filter(|s| id.is_none_or(|id| s.spec.id == id))
+        .collect();
     if id.is_some() && chosen.is_empty() {
         return op_err("No such service");
     }
@@ -243,7 +273,10 @@ struct Sample {
 }
 
 fn sample(maps: &Maps, installed: &[InstalledService]) -> Result<Sample, ServiceError> {
-    let mut s = Sample { services: HashMap::new(), reals: HashMap::new() };
+    let mut s = Sample {
+        services: HashMap::new(),
+        reals: HashMap::new(),
+    };
     for svc in installed {
         s.services.insert(svc.slot, maps.service_stats(svc.slot)?);
         for &r in &svc.real_slots {
@@ -254,7 +287,13 @@ fn sample(maps: &Maps, installed: &[InstalledService]) -> Result<Sample, Service
 }
 
 fn stats(c: Counters) -> fmt::Stats {
-    fmt::Stats { conns: c.conns, inpkts: c.packets, outpkts: 0, inbytes: c.bytes, outbytes: 0 }
+    fmt::Stats {
+        conns: c.conns,
+        inpkts: c.packets,
+        outpkts: 0,
+        inbytes: c.bytes,
+        outbytes: 0,
+    }
 }
 
 fn rate(a: Counters, b: Counters, secs: f64) -> fmt::Stats {
@@ -276,7 +315,11 @@ fn list(maps: &Maps, inv: &Invocation) -> Outcome {
         // ipvsadm prints nothing when no sync daemon runs.
         return Outcome::default();
     }
-    let resolver: &dyn Resolver = if inv.numeric { &fmt::NumericResolver } else { &fmt::SystemResolver };
+    let resolver: &dyn Resolver = if inv.numeric {
+        &fmt::NumericResolver
+    } else {
+        &fmt::SystemResolver
+    };
     let installed = match maps.read() {
         Ok(t) => t,
         Err(e) => return map_failure(e),
@@ -288,7 +331,11 @@ fn list(maps: &Maps, inv: &Invocation) -> Outcome {
         };
     }
     let id = service_id(inv);
-    let chosen: Vec<_> = installed.iter().filter(|s| id.is_none_or(|id| s.spec.id == id)).cloned().collect();
+    let chosen: Vec<_> = installed
+        .iter()
+        .filter(|s| id.is_none_or(|id| s.spec.id == id))
+        .cloned()
+        .collect();
     if id.is_some() && chosen.is_empty() {
         return Outcome::err("No such service", 1);
     }
@@ -311,7 +358,10 @@ fn list(maps: &Maps, inv: &Invocation) -> Outcome {
     };
     let rows = to_rows(&chosen, Some(&first), second.as_ref(), &counts);
     if inv.json {
-        return Outcome::ok(format!("{}\n", serde_json::to_string_pretty(&fmt::json(&rows)).unwrap_or_default()));
+        return Outcome::ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&fmt::json(&rows)).unwrap_or_default()
+        ));
     }
     let columns = if inv.stats {
         fmt::Columns::Stats
@@ -336,7 +386,11 @@ fn save(maps: &Maps, numeric: bool) -> Outcome {
         Err(e) => return map_failure(e),
     };
     let rows = to_rows(&installed, None, None, &HashMap::new());
-    let resolver: &dyn Resolver = if numeric { &fmt::NumericResolver } else { &fmt::SystemResolver };
+    let resolver: &dyn Resolver = if numeric {
+        &fmt::NumericResolver
+    } else {
+        &fmt::SystemResolver
+    };
     Outcome::ok(fmt::save(&rows, numeric, resolver))
 }
 
@@ -352,11 +406,14 @@ fn to_rows(
     let at = |slot: u32, m: Option<&HashMap<u32, Counters>>| {
         m.and_then(|m| m.get(&slot)).copied().unwrap_or_default()
     };
-    let both = |slot: u32, pick: fn(&Sample) -> &HashMap<u32, Counters>| -> (fmt::Stats, fmt::Stats) {
-        let a = at(slot, first.map(pick));
-        let r = second.map(|b| rate(a, at(slot, Some(pick(b))), secs)).unwrap_or_default();
-        (stats(a), r)
-    };
+    let both =
+        |slot: u32, pick: fn(&Sample) -> &HashMap<u32, Counters>| -> (fmt::Stats, fmt::Stats) {
+            let a = at(slot, first.map(pick));
+            let r = second
+                .map(|b| rate(a, at(slot, Some(pick(b))), secs))
+                .unwrap_or_default();
+            (stats(a), r)
+        };
     installed
         .iter()
         .map(|s| {
@@ -404,13 +461,26 @@ mod tests {
     #[test]
     fn help_names_the_default_scheduler_we_apply() {
         let u = grammar::usage("lbadm");
-        assert!(u.contains(&format!("the default scheduler is {}.", DEFAULT_SCHEDULER.name())), "{u}");
+        assert!(
+            u.contains(&format!(
+                "the default scheduler is {}.",
+                DEFAULT_SCHEDULER.name()
+            )),
+            "{u}"
+        );
     }
 
     #[test]
     fn commands_that_need_no_maps_run_without_them() {
         let none = Path::new("/nonexistent/lbadm");
-        let run = |a: &[&str]| run("lbadm", &a.iter().map(|s| s.to_string()).collect::<Vec<_>>(), none, &mut std::io::empty());
+        let run = |a: &[&str]| {
+            run(
+                "lbadm",
+                &a.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                none,
+                &mut std::io::empty(),
+            )
+        };
         assert_eq!(run(&["-v"]).code, 0);
         assert!(run(&["-h"]).stdout.starts_with(grammar::VERSION_LINE));
         let o = run(&["--set", "1", "2", "3"]);

@@ -280,7 +280,7 @@ impl<R: Resolver> Resolver for CachingResolver<R> {
 // boundary, which only matters for a non-ASCII name, where C would split the character).
 
 /// The first `max` bytes of `s` (as `buf[max] = '\0'` does).
-fn cut(s: &str, max: usize) -> &str {
+pub(crate) fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -1488,7 +1488,7 @@ impl State {
             Opt::SchedFlags => {
                 self.set_option(O_SCHED_FLAGS)?;
                 // snprintf into char[128].
-                self.sched_flags = truncate_bytes(a, 127).to_string();
+                self.sched_flags = crate::ipvsadm_format::cut(a, 127).to_string();
                 self.refuse(SCHED_FLAGS_UNSUPPORTED);
             }
             Opt::McastGroup => {
@@ -1695,17 +1695,6 @@ impl State {
         inv.set_timeouts = self.set_timeouts;
         inv
     }
-}
-
-fn truncate_bytes(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// ipvsadm's `parse_timeout`: no value (only `-p` can have none) is 360.

@@ -65,9 +65,15 @@ pub enum RealServerError {
     )]
     NoIpip,
     #[error("netlink: {what}: {source}")]
-    Netlink { what: String, source: rtnetlink::Error },
+    Netlink {
+        what: String,
+        source: rtnetlink::Error,
+    },
     #[error("netlink: {what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Datapath(#[from] datapath::DatapathError),
 }
@@ -89,7 +95,10 @@ pub fn link_up_message(index: u32, up: bool) -> LinkMessage {
 
 /// RTM_NEWADDR / RTM_DELADDR for `addr/32` on `index`.
 pub fn vip_address_message(index: u32, addr: Ipv4Addr) -> AddressMessage {
-    AddressMessageBuilder::<Ipv4Addr>::new().index(index).address(addr, 32).build()
+    AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(index)
+        .address(addr, 32)
+        .build()
 }
 
 /// RTM_NEWLINK for the throwaway ipip link: creating any ipip link makes the kernel autoload
@@ -144,7 +153,12 @@ fn link_from(m: &LinkMessage) -> Link {
             _ => {}
         }
     }
-    Link { index: m.header.index, name, up: m.header.flags.contains(LinkFlags::Up), mtu }
+    Link {
+        index: m.header.index,
+        name,
+        up: m.header.flags.contains(LinkFlags::Up),
+        mtu,
+    }
 }
 
 impl Rtnl {
@@ -152,11 +166,17 @@ impl Rtnl {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|source| RealServerError::Io { what: "starting a runtime".into(), source })?;
+            .map_err(|source| RealServerError::Io {
+                what: "starting a runtime".into(),
+                source,
+            })?;
         let handle = {
             let _g = rt.enter();
-            let (conn, handle, _) = rtnetlink::new_connection()
-                .map_err(|source| RealServerError::Io { what: "opening a socket".into(), source })?;
+            let (conn, handle, _) =
+                rtnetlink::new_connection().map_err(|source| RealServerError::Io {
+                    what: "opening a socket".into(),
+                    source,
+                })?;
             rt.spawn(conn);
             handle
         };
@@ -165,7 +185,15 @@ impl Rtnl {
 
     fn link(&self, name: &str) -> Result<Option<Link>> {
         self.rt.block_on(async {
-            match self.handle.link().get().match_name(name.to_string()).execute().try_next().await {
+            match self
+                .handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+                .try_next()
+                .await
+            {
                 Ok(m) => Ok(m.as_ref().map(link_from)),
                 Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
                 Err(e) => Err(nl(format!("looking up link {name}"))(e)),
@@ -191,7 +219,11 @@ impl Rtnl {
             while let Some(m) = s.try_next().await.map_err(nl("listing addresses"))? {
                 for a in &m.attributes {
                     if let AddressAttribute::Local(IpAddr::V4(ip)) = a {
-                        out.push(Addr { ifindex: m.header.index, addr: *ip, prefix: m.header.prefix_len });
+                        out.push(Addr {
+                            ifindex: m.header.index,
+                            addr: *ip,
+                            prefix: m.header.prefix_len,
+                        });
                     }
                 }
             }
@@ -202,7 +234,11 @@ impl Rtnl {
     /// The output interface of the main table's IPv4 default route.
     fn default_route_ifindex(&self) -> Result<Option<u32>> {
         self.rt.block_on(async {
-            let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+            let mut s = self
+                .handle
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
             while let Some(m) = s.try_next().await.map_err(nl("listing routes"))? {
                 if m.header.destination_prefix_length != 0 {
                     continue;
@@ -231,7 +267,10 @@ impl Rtnl {
                 .set(link_up_message(index, up))
                 .execute()
                 .await
-                .map_err(nl(format!("setting ifindex {index} {}", if up { "up" } else { "down" })))
+                .map_err(nl(format!(
+                    "setting ifindex {index} {}",
+                    if up { "up" } else { "down" }
+                )))
         })
     }
 
@@ -239,15 +278,30 @@ impl Rtnl {
         self.rt.block_on(async {
             let mut req = self.handle.address().add(index, IpAddr::V4(vip), 32);
             *req.message_mut() = vip_address_message(index, vip);
-            req.execute().await.map_err(nl(format!("adding {vip}/32 to ifindex {index}")))
+            req.execute()
+                .await
+                .map_err(nl(format!("adding {vip}/32 to ifindex {index}")))
         })
     }
 
     /// Removes `vip/32` from `index`; an address that is already gone is fine.
     fn del_vip(&self, index: u32, vip: Ipv4Addr) -> Result<()> {
         self.rt.block_on(async {
-            match self.handle.address().del(vip_address_message(index, vip)).execute().await {
-                Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL | libc::ENODEV | libc::ENOENT)) => Ok(()),
+            match self
+                .handle
+                .address()
+                .del(vip_address_message(index, vip))
+                .execute()
+                .await
+            {
+                Err(e)
+                    if matches!(
+                        errno(&e),
+                        Some(libc::EADDRNOTAVAIL | libc::ENODEV | libc::ENOENT)
+                    ) =>
+                {
+                    Ok(())
+                }
                 r => r.map_err(nl(format!("removing {vip}/32 from ifindex {index}"))),
             }
         })
@@ -261,10 +315,15 @@ impl Rtnl {
                 Ok(()) => {}
                 // A tunnel with these parameters exists: ipip is loaded already.
                 Err(e) if errno(&e) == Some(libc::EEXIST) => return Ok(()),
-                Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) || e.to_string().contains("Unknown device type") => {
+                Err(e)
+                    if errno(&e) == Some(libc::EOPNOTSUPP)
+                        || e.to_string().contains("Unknown device type") =>
+                {
                     return Err(RealServerError::NoIpip);
                 }
-                Err(e) => return Err(nl("creating a throwaway ipip link to load the ipip driver")(e)),
+                Err(e) => {
+                    return Err(nl("creating a throwaway ipip link to load the ipip driver")(e));
+                }
             }
             let link = self
                 .handle
@@ -307,7 +366,9 @@ pub fn kernel_has_ipip() -> Result<bool> {
 // the device name directly, so names with dots work.
 
 fn conf_path(dev: &str, name: &str) -> PathBuf {
-    PathBuf::from("/proc/sys/net/ipv4/conf").join(dev).join(name)
+    PathBuf::from("/proc/sys/net/ipv4/conf")
+        .join(dev)
+        .join(name)
 }
 
 fn conf_key(dev: &str, name: &str) -> String {
@@ -316,17 +377,31 @@ fn conf_key(dev: &str, name: &str) -> String {
 
 fn read_conf(dev: &str, name: &str) -> Result<u32> {
     let p = conf_path(dev, name);
-    let s = std::fs::read_to_string(&p)
-        .map_err(|e| msg(format!("cannot read {} ({}): {e}", conf_key(dev, name), p.display())))?;
-    s.trim()
-        .parse()
-        .map_err(|_| msg(format!("{} holds `{}`, not a number", conf_key(dev, name), s.trim())))
+    let s = std::fs::read_to_string(&p).map_err(|e| {
+        msg(format!(
+            "cannot read {} ({}): {e}",
+            conf_key(dev, name),
+            p.display()
+        ))
+    })?;
+    s.trim().parse().map_err(|_| {
+        msg(format!(
+            "{} holds `{}`, not a number",
+            conf_key(dev, name),
+            s.trim()
+        ))
+    })
 }
 
 fn write_conf(dev: &str, name: &str, v: u32) -> Result<()> {
     let p = conf_path(dev, name);
-    std::fs::write(&p, v.to_string())
-        .map_err(|e| msg(format!("cannot set {} to {v} ({}): {e}", conf_key(dev, name), p.display())))
+    std::fs::write(&p, v.to_string()).map_err(|e| {
+        msg(format!(
+            "cannot set {} to {v} ({}): {e}",
+            conf_key(dev, name),
+            p.display()
+        ))
+    })
 }
 
 /// The value the kernel uses for `dev`: these settings are IN_DEV_MAXCONF, the larger of
@@ -383,11 +458,17 @@ pub struct State {
 
 fn load_state(path: &Path) -> Result<Option<State>> {
     match std::fs::read_to_string(path) {
-        Ok(s) => serde_json::from_str(&s)
-            .map(Some)
-            .map_err(|e| msg(format!("cannot parse the state file {}: {e}", path.display()))),
+        Ok(s) => serde_json::from_str(&s).map(Some).map_err(|e| {
+            msg(format!(
+                "cannot parse the state file {}: {e}",
+                path.display()
+            ))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(msg(format!("cannot read the state file {}: {e}", path.display()))),
+        Err(e) => Err(msg(format!(
+            "cannot read the state file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -400,7 +481,12 @@ fn save_state(path: &Path, st: &State) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, s + "\n")
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| msg(format!("cannot write the state file {}: {e}", path.display())))
+        .map_err(|e| {
+            msg(format!(
+                "cannot write the state file {}: {e}",
+                path.display()
+            ))
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,7 +515,11 @@ pub struct SetupReport {
 
 fn receiving_iface(nl: &Rtnl, iface: Option<&str>) -> Result<Link> {
     match iface {
-        Some(i) => nl.link(i)?.ok_or_else(|| msg(format!("no interface named `{i}`: pick one from `ip -br link`"))),
+        Some(i) => nl.link(i)?.ok_or_else(|| {
+            msg(format!(
+                "no interface named `{i}`: pick one from `ip -br link`"
+            ))
+        }),
         None => {
             let idx = nl.default_route_ifindex()?.ok_or_else(|| {
                 msg("no IPv4 default route to find the interface that receives tunnelled packets: pass --iface IF")
@@ -437,7 +527,11 @@ fn receiving_iface(nl: &Rtnl, iface: Option<&str>) -> Result<Link> {
             nl.links()?
                 .into_iter()
                 .find(|l| l.index == idx)
-                .ok_or_else(|| msg(format!("the default route's interface (ifindex {idx}) has vanished")))
+                .ok_or_else(|| {
+                    msg(format!(
+                        "the default route's interface (ifindex {idx}) has vanished"
+                    ))
+                })
         }
     }
 }
@@ -451,16 +545,23 @@ fn dedup(v: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
 fn decap_members(pin_dir: &Path) -> Result<(BTreeSet<Ipv4Addr>, BTreeSet<Ipv4Addr>)> {
     let read = |name: &str| -> Result<BTreeSet<Ipv4Addr>> {
         let m = open_decap_map(pin_dir, name)?;
-        let h: aya::maps::HashMap<_, u32, u8> = aya::maps::HashMap::try_from(&m)
-            .map_err(|e| msg(format!("decap map {name}: {e}")))?;
-        Ok(h.keys().filter_map(|k| k.ok()).map(|k| Ipv4Addr::from(k.to_ne_bytes())).collect())
+        let h: aya::maps::HashMap<_, u32, u8> =
+            aya::maps::HashMap::try_from(&m).map_err(|e| msg(format!("decap map {name}: {e}")))?;
+        Ok(h.keys()
+            .filter_map(|k| k.ok())
+            .map(|k| Ipv4Addr::from(k.to_ne_bytes()))
+            .collect())
     };
     Ok((read(MAP_DECAP_DIRS)?, read(MAP_DECAP_VIPS)?))
 }
 
 fn open_decap_map(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
-    let data = aya::maps::MapData::from_pin(pin_dir.join(name))
-        .map_err(|e| msg(format!("opening the pinned decap map {name} under {}: {e}", pin_dir.display())))?;
+    let data = aya::maps::MapData::from_pin(pin_dir.join(name)).map_err(|e| {
+        msg(format!(
+            "opening the pinned decap map {name} under {}: {e}",
+            pin_dir.display()
+        ))
+    })?;
     aya::maps::Map::from_map_data(data).map_err(|e| msg(format!("decap map {name}: {e}")))
 }
 
@@ -472,16 +573,21 @@ fn set_decap_members(pin_dir: &Path, name: &str, addrs: &[Ipv4Addr]) -> Result<(
     let have: Vec<u32> = h.keys().filter_map(|k| k.ok()).collect();
     // Add first, then remove: the set never misses an address that stays.
     for k in &want {
-        h.insert(*k, 1, 0).map_err(|e| msg(format!("decap map {name}: {e}")))?;
+        h.insert(*k, 1, 0)
+            .map_err(|e| msg(format!("decap map {name}: {e}")))?;
     }
     for k in have.into_iter().filter(|k| !want.contains(k)) {
-        h.remove(&k).map_err(|e| msg(format!("decap map {name}: {e}")))?;
+        h.remove(&k)
+            .map_err(|e| msg(format!("decap map {name}: {e}")))?;
     }
     Ok(())
 }
 
 fn join(v: &[Ipv4Addr]) -> String {
-    v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 const DECAP_LINK_PIN: &str = "link_xdp";
@@ -580,15 +686,24 @@ fn setup_steps(
                 let want_vips: BTreeSet<_> = st.vips.iter().copied().collect();
                 if have_dirs != want_dirs {
                     set_decap_members(pin, MAP_DECAP_DIRS, directors)?;
-                    rep.changes.push(format!("XDP decapsulation now accepts IPIP from {}", join(directors)));
+                    rep.changes.push(format!(
+                        "XDP decapsulation now accepts IPIP from {}",
+                        join(directors)
+                    ));
                 }
                 if have_vips != want_vips {
                     set_decap_members(pin, MAP_DECAP_VIPS, &st.vips)?;
-                    rep.changes.push(format!("XDP decapsulation now accepts VIPs {}", join(&st.vips)));
+                    rep.changes.push(format!(
+                        "XDP decapsulation now accepts VIPs {}",
+                        join(&st.vips)
+                    ));
                 }
             } else {
                 let generic = decap::attach(&iface.name, pin, directors, &st.vips)?;
-                st.xdp_attached = Some(XdpAttachment { iface: iface.name.clone(), pin_dir: pin.clone() });
+                st.xdp_attached = Some(XdpAttachment {
+                    iface: iface.name.clone(),
+                    pin_dir: pin.clone(),
+                });
                 rep.changes.push(format!(
                     "attached XDP decapsulation to {} ({} XDP, pinned under {}), accepting IPIP from {} for {}",
                     iface.name,
@@ -598,7 +713,8 @@ fn setup_steps(
                     join(&st.vips)
                 ));
             }
-            nl.link("lo")?.ok_or_else(|| msg("this namespace has no `lo`"))?
+            nl.link("lo")?
+                .ok_or_else(|| msg("this namespace has no `lo`"))?
         }
     };
 
@@ -606,14 +722,31 @@ fn setup_steps(
     //    itself). Another /32 of the same address elsewhere is the operator's: warn only.
     let addrs = nl.addrs()?;
     let links = nl.links()?;
-    let name_of = |i: u32| links.iter().find(|l| l.index == i).map(|l| l.name.clone()).unwrap_or(format!("ifindex {i}"));
+    let name_of = |i: u32| {
+        links
+            .iter()
+            .find(|l| l.index == i)
+            .map(|l| l.name.clone())
+            .unwrap_or(format!("ifindex {i}"))
+    };
     for &vip in vips {
-        if !addrs.iter().any(|a| a.addr == vip && a.ifindex == vip_dev.index && a.prefix == 32) {
+        if !addrs
+            .iter()
+            .any(|a| a.addr == vip && a.ifindex == vip_dev.index && a.prefix == 32)
+        {
             nl.add_vip(vip_dev.index, vip)?;
-            st.addrs.push(AddedAddr { dev: vip_dev.name.clone(), addr: vip, prefix: 32 });
-            rep.changes.push(format!("added {vip}/32 to {}", vip_dev.name));
+            st.addrs.push(AddedAddr {
+                dev: vip_dev.name.clone(),
+                addr: vip,
+                prefix: 32,
+            });
+            rep.changes
+                .push(format!("added {vip}/32 to {}", vip_dev.name));
         }
-        for a in addrs.iter().filter(|a| a.addr == vip && !(a.ifindex == vip_dev.index && a.prefix == 32)) {
+        for a in addrs
+            .iter()
+            .filter(|a| a.addr == vip && !(a.ifindex == vip_dev.index && a.prefix == 32))
+        {
             let dev = name_of(a.ifindex);
             if (dev != "lo" && dev != TUNL0) || a.prefix != 32 {
                 rep.warnings.push(format!(
@@ -625,20 +758,33 @@ fn setup_steps(
     }
 
     // 3. sysctls, in this namespace.
-    let set = |dev: &str, name: &str, value: u32, st: &mut State, rep: &mut SetupReport| -> Result<()> {
-        let previous = read_conf(dev, name)?;
-        if previous == value {
-            return Ok(());
-        }
-        write_conf(dev, name, value)?;
-        if !st.sysctls.iter().any(|c| c.dev == dev && c.name == name) {
-            st.sysctls.push(SysctlChange { dev: dev.into(), name: name.into(), previous, value });
-        } else if let Some(c) = st.sysctls.iter_mut().find(|c| c.dev == dev && c.name == name) {
-            c.value = value;
-        }
-        rep.changes.push(format!("set {} = {value} (was {previous})", conf_key(dev, name)));
-        Ok(())
-    };
+    let set =
+        |dev: &str, name: &str, value: u32, st: &mut State, rep: &mut SetupReport| -> Result<()> {
+            let previous = read_conf(dev, name)?;
+            if previous == value {
+                return Ok(());
+            }
+            write_conf(dev, name, value)?;
+            if !st.sysctls.iter().any(|c| c.dev == dev && c.name == name) {
+                st.sysctls.push(SysctlChange {
+                    dev: dev.into(),
+                    name: name.into(),
+                    previous,
+                    value,
+                });
+            } else if let Some(c) = st
+                .sysctls
+                .iter_mut()
+                .find(|c| c.dev == dev && c.name == name)
+            {
+                c.value = value;
+            }
+            rep.changes.push(format!(
+                "set {} = {value} (was {previous})",
+                conf_key(dev, name)
+            ));
+            Ok(())
+        };
     // rp_filter is MAXCONF: the kernel validates with max(conf/all, conf/<dev>). The inner
     // packet (client → VIP) arrives on the decapsulating path while the route back to the
     // client may leave elsewhere, so strict (1) may drop it; loose (2) and off (0) pass. The
@@ -672,12 +818,24 @@ fn setup_steps(
     for dev in &rp_devs {
         let v = effective(dev, "rp_filter")?;
         if v == 1 {
-            return Err(msg(format!("net.ipv4.conf.{dev}.rp_filter is still effectively 1 after setting it (something re-applied it: a sysctl.d glob re-run by udev?)")));
+            return Err(msg(format!(
+                "net.ipv4.conf.{dev}.rp_filter is still effectively 1 after setting it (something re-applied it: a sysctl.d glob re-run by udev?)"
+            )));
         }
-        rep.effective.push((format!("rp_filter on {dev} (max of all, {dev})"), v));
+        rep.effective
+            .push((format!("rp_filter on {dev} (max of all, {dev})"), v));
     }
-    rep.effective.push((format!("arp_ignore on {} (max of all, {})", iface.name, iface.name), effective(&iface.name, "arp_ignore")?));
-    rep.effective.push((format!("arp_announce on {} (max of all, {})", iface.name, iface.name), effective(&iface.name, "arp_announce")?));
+    rep.effective.push((
+        format!("arp_ignore on {} (max of all, {})", iface.name, iface.name),
+        effective(&iface.name, "arp_ignore")?,
+    ));
+    rep.effective.push((
+        format!(
+            "arp_announce on {} (max of all, {})",
+            iface.name, iface.name
+        ),
+        effective(&iface.name, "arp_announce")?,
+    ));
 
     // 4. Persist in sysctl.d (applied at boot by systemd-sysctl). The tunl0 key only applies
     //    once ipip is loaded (systemd #26241); `all` covers it meanwhile.
@@ -701,7 +859,8 @@ fn setup_steps(
     let current = std::fs::read_to_string(&opts.sysctl_file).ok();
     if current.as_deref() != Some(content.as_str()) {
         if let Some(dir) = opts.sysctl_file.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| msg(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| msg(format!("cannot create {}: {e}", dir.display())))?;
         }
         std::fs::write(&opts.sysctl_file, &content)
             .map_err(|e| msg(format!("cannot write {}: {e}", opts.sysctl_file.display())))?;
@@ -711,11 +870,13 @@ fn setup_steps(
             st.sysctl_file_written = true;
             st.sysctl_file = opts.sysctl_file.clone();
         }
-        rep.changes.push(format!("wrote {} (applied at boot)", opts.sysctl_file.display()));
+        rep.changes.push(format!(
+            "wrote {} (applied at boot)",
+            opts.sysctl_file.display()
+        ));
     }
     Ok(())
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // teardown
@@ -741,17 +902,24 @@ pub fn teardown(state_file: &Path, sysctl_file: Option<&Path>) -> Result<Teardow
             continue;
         }
         write_conf(&c.dev, &c.name, c.previous)?;
-        rep.changes.push(format!("restored {} = {}", conf_key(&c.dev, &c.name), c.previous));
+        rep.changes.push(format!(
+            "restored {} = {}",
+            conf_key(&c.dev, &c.name),
+            c.previous
+        ));
     }
     for a in st.addrs.iter().rev() {
         if let Some(l) = nl.link(&a.dev)? {
             nl.del_vip(l.index, a.addr)?;
-            rep.changes.push(format!("removed {}/{} from {}", a.addr, a.prefix, a.dev));
+            rep.changes
+                .push(format!("removed {}/{} from {}", a.addr, a.prefix, a.dev));
         }
     }
     if let Some(x) = &st.xdp_attached {
         match decap::detach(&x.pin_dir) {
-            Ok(()) => rep.changes.push(format!("detached XDP decapsulation from {}", x.iface)),
+            Ok(()) => rep
+                .changes
+                .push(format!("detached XDP decapsulation from {}", x.iface)),
             Err(datapath::DatapathError::NotAttached(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -766,8 +934,10 @@ pub fn teardown(state_file: &Path, sysctl_file: Option<&Path>) -> Result<Teardow
     match &st.sysctl_file_previous {
         _ if !st.sysctl_file_written => {}
         Some(prev) => {
-            std::fs::write(file, prev).map_err(|e| msg(format!("cannot restore {}: {e}", file.display())))?;
-            rep.changes.push(format!("restored the previous {}", file.display()));
+            std::fs::write(file, prev)
+                .map_err(|e| msg(format!("cannot restore {}: {e}", file.display())))?;
+            rep.changes
+                .push(format!("restored the previous {}", file.display()));
         }
         None => match std::fs::remove_file(file) {
             Ok(()) => rep.changes.push(format!("removed {}", file.display())),
@@ -775,8 +945,10 @@ pub fn teardown(state_file: &Path, sysctl_file: Option<&Path>) -> Result<Teardow
             Err(e) => return Err(msg(format!("cannot remove {}: {e}", file.display()))),
         },
     }
-    std::fs::remove_file(state_file).map_err(|e| msg(format!("cannot remove {}: {e}", state_file.display())))?;
-    rep.changes.push(format!("removed {}", state_file.display()));
+    std::fs::remove_file(state_file)
+        .map_err(|e| msg(format!("cannot remove {}: {e}", state_file.display())))?;
+    rep.changes
+        .push(format!("removed {}", state_file.display()));
     Ok(rep)
 }
 
@@ -822,7 +994,10 @@ pub struct CheckReport {
 
 impl CheckReport {
     pub fn healthy(&self, strict: bool) -> bool {
-        !self.findings.iter().any(|f| f.severity == Severity::Error || strict)
+        !self
+            .findings
+            .iter()
+            .any(|f| f.severity == Severity::Error || strict)
     }
 }
 
@@ -840,11 +1015,25 @@ pub struct CheckOptions {
 pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
     let nl = Rtnl::new()?;
     let st = load_state(&opts.state_file).ok().flatten();
-    let decap = opts.decap.or(st.as_ref().map(|s| s.decap)).unwrap_or(DecapMode::Tunl0);
-    let iface = receiving_iface(&nl, opts.iface.as_deref().or(st.as_ref().map(|s| s.iface.as_str())))?;
+    let decap = opts
+        .decap
+        .or(st.as_ref().map(|s| s.decap))
+        .unwrap_or(DecapMode::Tunl0);
+    let iface = receiving_iface(
+        &nl,
+        opts.iface
+            .as_deref()
+            .or(st.as_ref().map(|s| s.iface.as_str())),
+    )?;
     let links = nl.links()?;
     let addrs = nl.addrs()?;
-    let name_of = |i: u32| links.iter().find(|l| l.index == i).map(|l| l.name.clone()).unwrap_or(format!("ifindex {i}"));
+    let name_of = |i: u32| {
+        links
+            .iter()
+            .find(|l| l.index == i)
+            .map(|l| l.name.clone())
+            .unwrap_or(format!("ifindex {i}"))
+    };
     let tunl0 = links.iter().find(|l| l.name == TUNL0);
     let vips: Vec<Ipv4Addr> = if !opts.vips.is_empty() {
         dedup(&opts.vips)
@@ -860,9 +1049,16 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
                 .collect::<Vec<_>>(),
         )
     };
-    let vip_list = if vips.is_empty() { "VIP".to_string() } else { join(&vips) };
+    let vip_list = if vips.is_empty() {
+        "VIP".to_string()
+    } else {
+        join(&vips)
+    };
     let setup_cmd = match decap {
-        DecapMode::Tunl0 => format!("lbadm realserver setup --decap tunl0 --vip {vip_list} --iface {}", iface.name),
+        DecapMode::Tunl0 => format!(
+            "lbadm realserver setup --decap tunl0 --vip {vip_list} --iface {}",
+            iface.name
+        ),
         DecapMode::Xdp => format!(
             "lbadm realserver setup --decap xdp --director DIRECTOR --vip {vip_list} --iface {}",
             iface.name
@@ -1044,7 +1240,13 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
             }),
         },
     }
-    Ok(CheckReport { decap, iface: iface.name.clone(), vips, findings: f, not_checked })
+    Ok(CheckReport {
+        decap,
+        iface: iface.name.clone(),
+        vips,
+        findings: f,
+        not_checked,
+    })
 }
 
 #[cfg(test)]
@@ -1082,12 +1284,17 @@ mod tests {
         let parsed = AddressMessage::parse(b.as_slice()).unwrap();
         assert_eq!(parsed.header.prefix_len, 32);
         assert_eq!(parsed.header.index, 3);
-        assert!(parsed.header.flags.is_empty() || parsed.header.flags == AddressHeaderFlags::empty());
+        assert!(
+            parsed.header.flags.is_empty() || parsed.header.flags == AddressHeaderFlags::empty()
+        );
         let mut attrs = parsed.attributes.clone();
         attrs.sort_by_key(|a| format!("{a:?}"));
         assert_eq!(
             attrs,
-            vec![AddressAttribute::Address(IpAddr::V4(vip)), AddressAttribute::Local(IpAddr::V4(vip))],
+            vec![
+                AddressAttribute::Address(IpAddr::V4(vip)),
+                AddressAttribute::Local(IpAddr::V4(vip))
+            ],
             "a /32 has no broadcast"
         );
     }
@@ -1099,17 +1306,27 @@ mod tests {
         let parsed = LinkMessage::parse(b.as_slice()).unwrap();
         assert_eq!(parsed.header.index, 0);
         assert!(parsed.header.flags.is_empty(), "created down");
-        assert!(parsed.attributes.contains(&LinkAttribute::IfName(PROBE_LINK.into())));
+        assert!(
+            parsed
+                .attributes
+                .contains(&LinkAttribute::IfName(PROBE_LINK.into()))
+        );
         assert!(PROBE_LINK.len() <= 15, "IFNAMSIZ");
         let info = parsed
             .attributes
             .iter()
-            .find_map(|a| if let LinkAttribute::LinkInfo(i) = a { Some(i.clone()) } else { None })
+            .find_map(|a| {
+                if let LinkAttribute::LinkInfo(i) = a {
+                    Some(i.clone())
+                } else {
+                    None
+                }
+            })
             .unwrap();
         assert!(info.contains(&LinkInfo::Kind(InfoKind::IpIp)));
-        assert!(info.contains(&LinkInfo::Data(InfoData::IpTunnel(vec![InfoIpTunnel::Remote(IpAddr::V4(
-            PROBE_REMOTE
-        ))]))));
+        assert!(info.contains(&LinkInfo::Data(InfoData::IpTunnel(vec![
+            InfoIpTunnel::Remote(IpAddr::V4(PROBE_REMOTE))
+        ]))));
     }
 
     #[test]
@@ -1119,10 +1336,22 @@ mod tests {
             iface: "eth0".into(),
             vips: vec![Ipv4Addr::new(198, 18, 0, 100)],
             directors: vec![Ipv4Addr::new(198, 18, 0, 2)],
-            sysctls: vec![SysctlChange { dev: "all".into(), name: "arp_ignore".into(), previous: 0, value: 1 }],
-            addrs: vec![AddedAddr { dev: "lo".into(), addr: Ipv4Addr::new(198, 18, 0, 100), prefix: 32 }],
+            sysctls: vec![SysctlChange {
+                dev: "all".into(),
+                name: "arp_ignore".into(),
+                previous: 0,
+                value: 1,
+            }],
+            addrs: vec![AddedAddr {
+                dev: "lo".into(),
+                addr: Ipv4Addr::new(198, 18, 0, 100),
+                prefix: 32,
+            }],
             tunl0_brought_up: false,
-            xdp_attached: Some(XdpAttachment { iface: "eth0".into(), pin_dir: "/sys/fs/bpf/x".into() }),
+            xdp_attached: Some(XdpAttachment {
+                iface: "eth0".into(),
+                pin_dir: "/sys/fs/bpf/x".into(),
+            }),
             sysctl_file: "/etc/sysctl.d/90-lbadm-realserver.conf".into(),
             sysctl_file_previous: None,
             sysctl_file_written: true,

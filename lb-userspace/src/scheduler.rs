@@ -53,7 +53,9 @@ impl FromStr for Scheduler {
             "rr" => Ok(Scheduler::Rr),
             "wrr" => Ok(Scheduler::Wrr),
             "mh" => Ok(Scheduler::Mh),
-            other => Err(format!("unknown scheduler `{other}` (this director has rr, wrr, mh)")),
+            other => Err(format!(
+                "unknown scheduler `{other}` (this director has rr, wrr, mh)"
+            )),
         }
     }
 }
@@ -191,7 +193,11 @@ mod tests {
     use super::*;
 
     fn c(id: u32, weight: u32) -> Candidate {
-        Candidate { id, addr: 0x0a00_0000 + id, weight }
+        Candidate {
+            id,
+            addr: 0x0a00_0000 + id,
+            weight,
+        }
     }
 
     #[test]
@@ -212,7 +218,10 @@ mod tests {
 
     #[test]
     fn rr_ignores_weights_but_not_quiescence() {
-        assert_eq!(build(Scheduler::Rr, &[c(1, 5), c(2, 0), c(3, 1)]), vec![1, 3]);
+        assert_eq!(
+            build(Scheduler::Rr, &[c(1, 5), c(2, 0), c(3, 1)]),
+            vec![1, 3]
+        );
     }
 
     #[test]
@@ -223,7 +232,10 @@ mod tests {
 
     #[test]
     fn huge_weights_scale_proportionally() {
-        let t = build(Scheduler::Wrr, &[c(1, 2_147_483_647), c(2, 1_000_000_000), c(3, 1)]);
+        let t = build(
+            Scheduler::Wrr,
+            &[c(1, 2_147_483_647), c(2, 1_000_000_000), c(3, 1)],
+        );
         assert_eq!(t.len(), SCHED_SLOTS);
         let n1 = t.iter().filter(|&&x| x == 1).count() as f64;
         let n2 = t.iter().filter(|&&x| x == 2).count() as f64;
@@ -242,7 +254,14 @@ mod tests {
         }
         // Removing one real moves mostly its own slots.
         let t2 = build(Scheduler::Mh, &reals[..3]);
-        let moved = t.iter().zip(&t2).filter(|(a, b)| a != b && **a != 4).count();
-        assert!(moved < MH_TABLE_LEN as usize / 10, "{moved} slots of surviving reals moved");
+        let moved = t
+            .iter()
+            .zip(&t2)
+            .filter(|(a, b)| a != b && **a != 4)
+            .count();
+        assert!(
+            moved < MH_TABLE_LEN as usize / 10,
+            "{moved} slots of surviving reals moved"
+        );
     }
 }

@@ -9,11 +9,10 @@
 use crate::scheduler::{self, Candidate, Scheduler};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
-    Config, Conn, ConnKey, Counters, IPPROTO_TCP, IPPROTO_UDP, MAP_CONFIG, MAP_CONNS,
-    MAP_CURSORS, MAP_REAL_STATS, MAP_REALS, MAP_REASONS, MAP_SERVICES, MAP_SVC_STATS, MAP_TABLES,
-    MAP_VIP_FILTER, VIP_FILTER_WORDS, vip_filter_bit,
-    MAX_REALS, MAX_SERVICES, REAL_F_IN_USE, Real, SCHED_SLOTS, SchedTable, Service, ServiceKey,
-    ip_be,
+    Config, Conn, ConnKey, Counters, IPPROTO_TCP, IPPROTO_UDP, MAP_CONFIG, MAP_CONNS, MAP_CURSORS,
+    MAP_REAL_STATS, MAP_REALS, MAP_REASONS, MAP_SERVICES, MAP_SVC_STATS, MAP_TABLES,
+    MAP_VIP_FILTER, MAX_REALS, MAX_SERVICES, REAL_F_IN_USE, Real, SCHED_SLOTS, SchedTable, Service,
+    ServiceKey, VIP_FILTER_WORDS, ip_be, vip_filter_bit,
 };
 use std::{
     collections::{BTreeMap, HashSet},
@@ -26,16 +25,30 @@ use std::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("the data path is not attached (nothing pinned under {0}): run `lbadm attach --iface IF`")]
+    #[error(
+        "the data path is not attached (nothing pinned under {0}): run `lbadm attach --iface IF`"
+    )]
     NotAttached(PathBuf),
     #[error("cannot open the pinned map {name}: {source}")]
-    Open { name: &'static str, source: aya::maps::MapError },
+    Open {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("cannot lock {path}: {source}")]
-    Lock { path: PathBuf, source: std::io::Error },
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
-    Map { what: String, source: aya::maps::MapError },
+    Map {
+        what: String,
+        source: aya::maps::MapError,
+    },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("too many virtual services (the maximum is {MAX_SERVICES})")]
     TooManyServices,
     #[error("too many real servers (the maximum is {MAX_REALS} over all services)")]
@@ -159,7 +172,8 @@ pub struct Maps {
 }
 
 fn open_map(dir: &Path, name: &'static str) -> Result<Map> {
-    let data = MapData::from_pin(dir.join(name)).map_err(|source| ServiceError::Open { name, source })?;
+    let data =
+        MapData::from_pin(dir.join(name)).map_err(|source| ServiceError::Open { name, source })?;
     Map::from_map_data(data).map_err(|source| ServiceError::Open { name, source })
 }
 
@@ -167,7 +181,10 @@ macro_rules! typed {
     ($dir:expr, $name:expr) => {
         open_map($dir, $name)?
             .try_into()
-            .map_err(|source| ServiceError::Open { name: $name, source })?
+            .map_err(|source| ServiceError::Open {
+                name: $name,
+                source,
+            })?
     };
 }
 
@@ -204,8 +221,10 @@ impl Maps {
     /// Serialises writers: two `lbadm` processes (or the daemon and `lbadm`) never interleave
     /// their read-modify-write of the tables.
     pub fn lock(&self) -> Result<Lock> {
-        let f = File::open(&self.pin_dir)
-            .map_err(|source| ServiceError::Lock { path: self.pin_dir.clone(), source })?;
+        let f = File::open(&self.pin_dir).map_err(|source| ServiceError::Lock {
+            path: self.pin_dir.clone(),
+            source,
+        })?;
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(ServiceError::Lock {
                 path: self.pin_dir.clone(),
@@ -220,8 +239,12 @@ impl Maps {
         let mut by_slot: BTreeMap<u32, InstalledService> = BTreeMap::new();
         for item in self.services.iter() {
             let (k, v) = item.map_err(map_err("reading LB_SERVICES"))?;
-            let Some(id) = ServiceId::from_key(&k) else { continue };
-            let Some(sched) = Scheduler::from_raw(v.sched) else { continue };
+            let Some(id) = ServiceId::from_key(&k) else {
+                continue;
+            };
+            let Some(sched) = Scheduler::from_raw(v.sched) else {
+                continue;
+            };
             by_slot.insert(
                 v.id,
                 InstalledService {
@@ -280,8 +303,10 @@ impl Maps {
 
         // Plan slots before writing anything, so running out fails cleanly.
         let mut used_svc: HashSet<u32> = current.iter().map(|s| s.slot).collect();
-        let mut used_real: HashSet<u32> =
-            current.iter().flat_map(|s| s.real_slots.iter().copied()).collect();
+        let mut used_real: HashSet<u32> = current
+            .iter()
+            .flat_map(|s| s.real_slots.iter().copied())
+            .collect();
         let want_ids: HashSet<ServiceId> = want.iter().map(|s| s.id).collect();
         // Slots of services and reals that go away are not reused within this apply, so an
         // old connection can never see a new occupant under the same generation.
@@ -311,7 +336,11 @@ impl Maps {
             let mut real_slots = Vec::with_capacity(s.reals.len());
             for r in &s.reals {
                 let existing = cur_by_id.get(&s.id).and_then(|c| {
-                    c.spec.reals.iter().position(|cr| cr.addr == r.addr).map(|i| c.real_slots[i])
+                    c.spec
+                        .reals
+                        .iter()
+                        .position(|cr| cr.addr == r.addr)
+                        .map(|i| c.real_slots[i])
                 });
                 match existing {
                     Some(rs) => real_slots.push((rs, false)),
@@ -327,19 +356,31 @@ impl Maps {
                     }
                 }
             }
-            plan.push(Planned { spec: s, slot, is_new, real_slots });
+            plan.push(Planned {
+                spec: s,
+                slot,
+                is_new,
+                real_slots,
+            });
         }
 
         // 0. The VIP pre-filter lets the new services' packets through before they exist...
         let old_filter = self.read_filter()?;
         let new_filter = filter_of(want);
-        let union: Vec<u64> = old_filter.iter().zip(&new_filter).map(|(a, b)| a | b).collect();
+        let union: Vec<u64> = old_filter
+            .iter()
+            .zip(&new_filter)
+            .map(|(a, b)| a | b)
+            .collect();
         self.write_filter(&old_filter, &union)?;
 
         // 1. Reals: new ones get a fresh generation and zeroed counters.
         for p in &plan {
             for (r, &(rslot, is_new)) in p.spec.reals.iter().zip(&p.real_slots) {
-                let old = self.reals.get(&rslot, 0).map_err(map_err("reading LB_REALS"))?;
+                let old = self
+                    .reals
+                    .get(&rslot, 0)
+                    .map_err(map_err("reading LB_REALS"))?;
                 let mut next = old;
                 if is_new {
                     next = Real {
@@ -355,7 +396,9 @@ impl Maps {
                     next.weight = r.weight;
                 }
                 if next != old {
-                    self.reals.set(rslot, next, 0).map_err(map_err("writing LB_REALS"))?;
+                    self.reals
+                        .set(rslot, next, 0)
+                        .map_err(map_err("writing LB_REALS"))?;
                 }
             }
         }
@@ -367,17 +410,29 @@ impl Maps {
                 .reals
                 .iter()
                 .zip(&p.real_slots)
-                .map(|(r, &(id, _))| Candidate { id, addr: ip_be(r.addr.octets()), weight: r.weight })
+                .map(|(r, &(id, _))| Candidate {
+                    id,
+                    addr: ip_be(r.addr.octets()),
+                    weight: r.weight,
+                })
                 .collect();
             let slots = scheduler::build(p.spec.sched, &candidates);
-            let mut table = SchedTable { len: slots.len() as u32, ..Default::default() };
-            table.slots[..slots.len().min(SCHED_SLOTS)].copy_from_slice(&slots[..slots.len().min(SCHED_SLOTS)]);
+            let mut table = SchedTable {
+                len: slots.len() as u32,
+                ..Default::default()
+            };
+            table.slots[..slots.len().min(SCHED_SLOTS)]
+                .copy_from_slice(&slots[..slots.len().min(SCHED_SLOTS)]);
 
             let cur = cur_by_id.get(&p.spec.id);
             let active = cur.map(|c| c.table_copy).unwrap_or(1);
             let live_idx = p.slot * 2 + active;
             let same_table = !p.is_new
-                && self.tables.get(&live_idx, 0).map_err(map_err("reading LB_TABLES"))? == table;
+                && self
+                    .tables
+                    .get(&live_idx, 0)
+                    .map_err(map_err("reading LB_TABLES"))?
+                    == table;
             let same_svc = cur.is_some_and(|c| {
                 c.spec.sched == p.spec.sched && c.spec.persistence == p.spec.persistence
             });
@@ -414,14 +469,21 @@ impl Maps {
                     .map_err(map_err(format!("removing service {}", c.spec.id)))?;
             }
         }
-        let keep: HashSet<u32> =
-            plan.iter().flat_map(|p| p.real_slots.iter().map(|&(s, _)| s)).collect();
+        let keep: HashSet<u32> = plan
+            .iter()
+            .flat_map(|p| p.real_slots.iter().map(|&(s, _)| s))
+            .collect();
         for c in &current {
             for &rslot in &c.real_slots {
                 if !keep.contains(&rslot) {
-                    let mut r = self.reals.get(&rslot, 0).map_err(map_err("reading LB_REALS"))?;
+                    let mut r = self
+                        .reals
+                        .get(&rslot, 0)
+                        .map_err(map_err("reading LB_REALS"))?;
                     r.flags &= !REAL_F_IN_USE;
-                    self.reals.set(rslot, r, 0).map_err(map_err("writing LB_REALS"))?;
+                    self.reals
+                        .set(rslot, r, 0)
+                        .map_err(map_err("writing LB_REALS"))?;
                 }
             }
         }
@@ -436,7 +498,10 @@ impl Maps {
         if let Some(v) = batch_read_array::<Real>(&self.reals, MAX_REALS) {
             return Ok(v);
         }
-        self.reals.iter().map(|r| r.map_err(map_err("reading LB_REALS"))).collect()
+        self.reals
+            .iter()
+            .map(|r| r.map_err(map_err("reading LB_REALS")))
+            .collect()
     }
 
     fn read_filter(&self) -> Result<Vec<u64>> {
@@ -444,31 +509,45 @@ impl Maps {
             return Ok(v);
         }
         (0..VIP_FILTER_WORDS)
-            .map(|i| self.vip_filter.get(&i, 0).map_err(map_err("reading LB_VIP_FILTER")))
+            .map(|i| {
+                self.vip_filter
+                    .get(&i, 0)
+                    .map_err(map_err("reading LB_VIP_FILTER"))
+            })
             .collect()
     }
 
     fn write_filter(&mut self, old: &[u64], new: &[u64]) -> Result<()> {
         for (i, (o, n)) in old.iter().zip(new).enumerate() {
             if o != n {
-                self.vip_filter.set(i as u32, *n, 0).map_err(map_err("writing LB_VIP_FILTER"))?;
+                self.vip_filter
+                    .set(i as u32, *n, 0)
+                    .map_err(map_err("writing LB_VIP_FILTER"))?;
             }
         }
         Ok(())
     }
 
     fn zero_svc_stats(&mut self, slot: u32) -> Result<()> {
-        self.svc_stats.set(slot, zeros()?, 0).map_err(map_err("zeroing LB_SVC_STATS"))?;
-        self.cursors.set(slot, zeros()?, 0).map_err(map_err("zeroing LB_CURSORS"))
+        self.svc_stats
+            .set(slot, zeros()?, 0)
+            .map_err(map_err("zeroing LB_SVC_STATS"))?;
+        self.cursors
+            .set(slot, zeros()?, 0)
+            .map_err(map_err("zeroing LB_CURSORS"))
     }
 
     fn zero_real_stats(&mut self, slot: u32) -> Result<()> {
-        self.real_stats.set(slot, zeros()?, 0).map_err(map_err("zeroing LB_REAL_STATS"))
+        self.real_stats
+            .set(slot, zeros()?, 0)
+            .map_err(map_err("zeroing LB_REAL_STATS"))
     }
 
     /// Zeroes the counters of a service and its reals (`ipvsadm -Z`).
     pub fn zero_service(&mut self, s: &InstalledService) -> Result<()> {
-        self.svc_stats.set(s.slot, zeros()?, 0).map_err(map_err("zeroing LB_SVC_STATS"))?;
+        self.svc_stats
+            .set(s.slot, zeros()?, 0)
+            .map_err(map_err("zeroing LB_SVC_STATS"))?;
         for &r in &s.real_slots {
             self.zero_real_stats(r)?;
         }
@@ -476,11 +555,17 @@ impl Maps {
     }
 
     pub fn service_stats(&self, slot: u32) -> Result<Counters> {
-        sum(self.svc_stats.get(&slot, 0).map_err(map_err("reading LB_SVC_STATS"))?)
+        sum(self
+            .svc_stats
+            .get(&slot, 0)
+            .map_err(map_err("reading LB_SVC_STATS"))?)
     }
 
     pub fn real_stats(&self, slot: u32) -> Result<Counters> {
-        sum(self.real_stats.get(&slot, 0).map_err(map_err("reading LB_REAL_STATS"))?)
+        sum(self
+            .real_stats
+            .get(&slot, 0)
+            .map_err(map_err("reading LB_REAL_STATS"))?)
     }
 
     /// Global reason counters, summed over CPUs, in [`lb_common::Reason::ALL`] order.
@@ -488,7 +573,10 @@ impl Maps {
         lb_common::Reason::ALL
             .iter()
             .map(|&r| {
-                let v = self.reasons.get(&(r as u32), 0).map_err(map_err("reading LB_REASONS"))?;
+                let v = self
+                    .reasons
+                    .get(&(r as u32), 0)
+                    .map_err(map_err("reading LB_REASONS"))?;
                 Ok((r, v.iter().sum()))
             })
             .collect()
@@ -501,7 +589,10 @@ impl Maps {
 
 /// Reads a whole array map with `BPF_MAP_LOOKUP_BATCH`; None if the kernel refuses (then the
 /// caller falls back to single lookups).
-fn batch_read_array<T: aya::Pod + Default + Clone>(map: &Array<MapData, T>, len: u32) -> Option<Vec<T>> {
+fn batch_read_array<T: aya::Pod + Default + Clone>(
+    map: &Array<MapData, T>,
+    len: u32,
+) -> Option<Vec<T>> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     #[repr(C)]
     struct BatchAttr {
@@ -530,7 +621,12 @@ fn batch_read_array<T: aya::Pod + Default + Clone>(map: &Array<MapData, T>, len:
         flags: 0,
     };
     let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32)
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
     };
     // The whole array fits in one batch: success, or ENOENT ("no more") with everything read.
     let done = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
@@ -551,9 +647,14 @@ fn filter_of(services: &[VirtualService]) -> Vec<u64> {
 }
 
 fn zeros<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
-    let n = aya::util::nr_cpus().map_err(|(_, source)| ServiceError::Io { what: "counting CPUs".into(), source })?;
-    PerCpuValues::try_from(vec![T::default(); n])
-        .map_err(|source| ServiceError::Io { what: "per-CPU values".into(), source })
+    let n = aya::util::nr_cpus().map_err(|(_, source)| ServiceError::Io {
+        what: "counting CPUs".into(),
+        source,
+    })?;
+    PerCpuValues::try_from(vec![T::default(); n]).map_err(|source| ServiceError::Io {
+        what: "per-CPU values".into(),
+        source,
+    })
 }
 
 fn sum(v: PerCpuValues<Counters>) -> Result<Counters> {

@@ -9,7 +9,10 @@ use std::{
 
 /// A command's stdout and stderr as text.
 pub fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// The command failed with exactly one line on stderr, containing all of `needles`.
@@ -30,15 +33,33 @@ impl Sniffer {
     pub fn open(ns: &Netns, ifindex: u32) -> Sniffer {
         ns.run(|| unsafe {
             let proto = (libc::ETH_P_ALL as u16).to_be();
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, proto as i32);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+                proto as i32,
+            );
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             let buf: libc::c_int = 8 << 20;
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &buf as *const _ as *const libc::c_void, 4);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &buf as *const _ as *const libc::c_void,
+                4,
+            );
             let mut sll: libc::sockaddr_ll = std::mem::zeroed();
             sll.sll_family = libc::AF_PACKET as u16;
             sll.sll_protocol = proto;
             sll.sll_ifindex = ifindex as i32;
-            let rc = libc::bind(fd, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32);
+            let rc = libc::bind(
+                fd,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
             assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
             Sniffer(OwnedFd::from_raw_fd(fd))
         })
@@ -49,7 +70,8 @@ impl Sniffer {
         let mut n = 0;
         let mut buf = [0u8; 2048];
         loop {
-            let r = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let r =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if r < 0 {
                 return n;
             }
@@ -59,4 +81,36 @@ impl Sniffer {
             }
         }
     }
+}
+
+/// The names of the reals that answered `n` echo requests to VIP:`port` from the client.
+pub fn who_answers(bed: &crate::testbed::TestBed, port: u16, n: usize) -> Vec<String> {
+    let vip = std::net::SocketAddrV4::new(bed.vip(), port);
+    (0..n)
+        .map(|i| {
+            let reply =
+                crate::testbed::tcp_echo_request(bed.client(), vip, format!("q{i}\n").as_bytes())
+                    .unwrap();
+            reply.split(' ').next().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// An `ipvsadm -R` file of `services` services with `reals` reals each (1,000 × 10 is the
+/// issue's restore benchmark).
+pub fn restore_rules(services: u32, reals: u32) -> String {
+    let mut rules = String::new();
+    for s in 0..services {
+        let vip = format!("198.19.{}.{}:6033", s / 250, s % 250 + 1);
+        rules += &format!("-A -t {vip} -s wrr\n");
+        for r in 0..reals {
+            rules += &format!(
+                "-a -t {vip} -r 198.18.{}.{}:6033 -i -w {} --tun-type ipip\n",
+                100 + r,
+                s % 250 + 1,
+                r + 1
+            );
+        }
+    }
+    rules
 }

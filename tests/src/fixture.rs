@@ -47,7 +47,10 @@ pub struct PinDir(pub PathBuf);
 impl PinDir {
     pub fn new(tag: &str) -> PinDir {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        PinDir(PathBuf::from(format!("/sys/fs/bpf/lbadm-test-{tag}-{}-{n}", std::process::id())))
+        PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/lbadm-test-{tag}-{}-{n}",
+            std::process::id()
+        )))
     }
 }
 
@@ -89,7 +92,12 @@ pub fn fixture_netns() -> Result<(Netns, u32, [u8; 6])> {
     ns.set_mtu(IFACE, MTU)?;
     ns.add_addr(IFACE, DIRECTOR, 24)?;
     ns.sysctl_write(&format!("net.ipv4.conf.{IFACE}.forwarding"), "1")?;
-    for (ip, mac) in [(REAL1, REAL1_MAC), (REAL2, REAL2_MAC), (REAL3, REAL3_MAC), (GATEWAY, GATEWAY_MAC)] {
+    for (ip, mac) in [
+        (REAL1, REAL1_MAC),
+        (REAL2, REAL2_MAC),
+        (REAL3, REAL3_MAC),
+        (GATEWAY, GATEWAY_MAC),
+    ] {
         ns.add_neigh_permanent(IFACE, ip, mac)?;
     }
     ns.add_route(Ipv4Addr::new(198, 18, 5, 0), 24, Some(GATEWAY), Some(IFACE))?;
@@ -102,7 +110,8 @@ impl Fixture {
     pub fn new() -> Result<Fixture> {
         let (ns, ifindex, mac) = fixture_netns()?;
         let pins = PinDir::new("fx");
-        let mut bpf = datapath::load(&pins.0, datapath::LogLevel::Debug).context("loading the director object")?;
+        let mut bpf = datapath::load(&pins.0, datapath::LogLevel::Debug)
+            .context("loading the director object")?;
         let prog: &mut Xdp = bpf
             .program_mut(lb_common::PROG_LB)
             .context("lb_xdp missing")?
@@ -120,7 +129,14 @@ impl Fixture {
                 0,
             )
             .context("writing config")?;
-        Ok(Fixture { ns, ifindex, mac, maps, bpf, pins })
+        Ok(Fixture {
+            ns,
+            ifindex,
+            mac,
+            maps,
+            bpf,
+            pins,
+        })
     }
 
     pub fn apply(&mut self, services: &[VirtualService]) -> Result<()> {
@@ -153,7 +169,13 @@ pub fn run_xdp(ns: &Netns, prog: &Xdp, ifindex: u32, frame: &[u8]) -> Result<Out
     run_xdp_on(ns, prog, ifindex, 0, frame)
 }
 
-pub fn run_xdp_on(ns: &Netns, prog: &Xdp, ifindex: u32, cpu: usize, frame: &[u8]) -> Result<Outcome> {
+pub fn run_xdp_on(
+    ns: &Netns,
+    prog: &Xdp,
+    ifindex: u32,
+    cpu: usize,
+    frame: &[u8],
+) -> Result<Outcome> {
     let frame = frame.to_vec();
     let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
     ns.run(move || -> Result<Outcome> {
@@ -165,7 +187,10 @@ pub fn run_xdp_on(ns: &Netns, prog: &Xdp, ifindex: u32, cpu: usize, frame: &[u8]
         let mut ctx_out = [0u8; 24];
         let r = test_run_fd(&fd, &frame, &mut out, ctx, &mut ctx_out, 1)?;
         out.truncate(r.size_out as usize);
-        Ok(Outcome { action: r.action, data: out })
+        Ok(Outcome {
+            action: r.action,
+            data: out,
+        })
     })
 }
 
@@ -231,7 +256,11 @@ pub fn test_run_fd(
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
     }
-    Ok(RawRun { action: attr.retval, size_out: attr.data_size_out, duration_ns: attr.duration })
+    Ok(RawRun {
+        action: attr.retval,
+        size_out: attr.data_size_out,
+        duration_ns: attr.duration,
+    })
 }
 
 pub fn pin_cpu0() -> Result<()> {
@@ -265,7 +294,10 @@ impl DecapFixture {
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.0)
             .load(lb_userspace::objects::DECAP)?;
-        let prog: &mut Xdp = bpf.program_mut(lb_common::PROG_DECAP).context("decap_xdp")?.try_into()?;
+        let prog: &mut Xdp = bpf
+            .program_mut(lb_common::PROG_DECAP)
+            .context("decap_xdp")?
+            .try_into()?;
         prog.load().context("verifier rejected decap_xdp")?;
         {
             let mut dirs: HashMap<&mut MapData, u32, u8> =
@@ -281,17 +313,27 @@ impl DecapFixture {
                 v.insert(ip_be(a.octets()), 1, 0)?;
             }
         }
-        Ok(DecapFixture { ns, ifindex, bpf, pins })
+        Ok(DecapFixture {
+            ns,
+            ifindex,
+            bpf,
+            pins,
+        })
     }
 
     pub fn run(&self, frame: &[u8]) -> Result<Outcome> {
-        let prog: &Xdp = self.bpf.program(lb_common::PROG_DECAP).context("decap_xdp")?.try_into()?;
+        let prog: &Xdp = self
+            .bpf
+            .program(lb_common::PROG_DECAP)
+            .context("decap_xdp")?
+            .try_into()?;
         run_xdp(&self.ns, prog, self.ifindex, frame)
     }
 
     pub fn counters(&self) -> Result<Vec<u64>> {
-        let arr: aya::maps::PerCpuArray<&MapData, u64> =
-            aya::maps::PerCpuArray::try_from(self.bpf.map(lb_common::MAP_DECAP_STATS).context("stats")?)?;
+        let arr: aya::maps::PerCpuArray<&MapData, u64> = aya::maps::PerCpuArray::try_from(
+            self.bpf.map(lb_common::MAP_DECAP_STATS).context("stats")?,
+        )?;
         (0..lb_common::DECAP_COUNTERS)
             .map(|i| Ok(arr.get(&i, 0)?.iter().sum()))
             .collect()
@@ -300,5 +342,10 @@ impl DecapFixture {
 
 /// Reads the global reason counters of a fixture.
 pub fn reason(maps: &Maps, r: lb_common::Reason) -> u64 {
-    maps.reasons().unwrap().into_iter().find(|(x, _)| *x == r).map(|(_, n)| n).unwrap_or(0)
+    maps.reasons()
+        .unwrap()
+        .into_iter()
+        .find(|(x, _)| *x == r)
+        .map(|(_, n)| n)
+        .unwrap_or(0)
 }

@@ -32,8 +32,16 @@ impl Director {
             .context("attaching the director")?;
         let maps = Maps::open(&pins.0)?;
         let peer = bed.director_host().bridge_port().index;
-        let _peer_xdp = bed.bridge().run(|| attach_pass(peer)).context("XDP on the director's peer")?;
-        Ok(Director { maps, report, _peer_xdp, pins })
+        let _peer_xdp = bed
+            .bridge()
+            .run(|| attach_pass(peer))
+            .context("XDP on the director's peer")?;
+        Ok(Director {
+            maps,
+            report,
+            _peer_xdp,
+            pins,
+        })
     }
 }
 
@@ -79,7 +87,10 @@ impl Drop for Decap {
 /// from its veth peer. Detached when the returned object is dropped.
 pub fn attach_pass(ifindex: u32) -> Result<aya::Ebpf> {
     let mut bpf = aya::Ebpf::load(lb_userspace::objects::BENCH)?;
-    let prog: &mut aya::programs::Xdp = bpf.program_mut("bench_empty").context("bench_empty")?.try_into()?;
+    let prog: &mut aya::programs::Xdp = bpf
+        .program_mut("bench_empty")
+        .context("bench_empty")?
+        .try_into()?;
     prog.load()?;
     prog.attach_to_if_index(ifindex, aya::programs::XdpMode::Driver)?;
     Ok(bpf)

@@ -1,15 +1,19 @@
-pub mod netns;
-pub mod testbed;
 pub mod assertions;
 pub mod fixture;
-pub mod packet;
 pub mod lbbed;
+pub mod netns;
+pub mod packet;
+pub mod testbed;
 
 /// The `lbadm` binary of this build (cargo builds it next to the test executables' `deps`).
 pub fn lbadm_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("lbadm");
-    assert!(bin.exists(), "{} is missing: build it with `cargo build -p lb-userspace`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p lb-userspace`",
+        bin.display()
+    );
     bin
 }

@@ -19,7 +19,11 @@ pub const DIRECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub fn csum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for ch in data.chunks(2) {
-        let w = if ch.len() == 2 { u16::from_be_bytes([ch[0], ch[1]]) } else { u16::from_be_bytes([ch[0], 0]) };
+        let w = if ch.len() == 2 {
+            u16::from_be_bytes([ch[0], ch[1]])
+        } else {
+            u16::from_be_bytes([ch[0], 0])
+        };
         sum += w as u32;
     }
     while sum >> 16 != 0 {
@@ -103,7 +107,15 @@ fn pseudo(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> u16 {
 }
 
 /// A TCP segment with a correct checksum.
-pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
+pub fn tcp(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut t = Vec::with_capacity(20 + payload.len());
     t.extend_from_slice(&sport.to_be_bytes());
     t.extend_from_slice(&dport.to_be_bytes());
@@ -152,9 +164,21 @@ pub fn eth_vlan(dst: [u8; 6], src: [u8; 6], vid: u16, ethertype: u16, payload: &
 }
 
 /// A client's TCP frame to the director.
-pub fn client_tcp(client: Ipv4Addr, sport: u16, vip: Ipv4Addr, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub fn client_tcp(
+    client: Ipv4Addr,
+    sport: u16,
+    vip: Ipv4Addr,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let seg = tcp(client, sport, vip, dport, flags, 1000, payload);
-    eth(DIRECTOR_MAC, CLIENT_MAC, ETH_P_IP, &Ipv4::new(client, vip, 6, seg).bytes())
+    eth(
+        DIRECTOR_MAC,
+        CLIENT_MAC,
+        ETH_P_IP,
+        &Ipv4::new(client, vip, 6, seg).bytes(),
+    )
 }
 
 /// The outer IPv4 header the director must prepend (ver/IHL, TOS and TTL and ID and DF copied

@@ -18,7 +18,11 @@ fn lbadm(ns: &Netns, pins: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn attach_status_detach_round_trip() {
-    let bed = TestBed::new(TestBedOpts { prefix: "cli".into(), ..Default::default() }).unwrap();
+    let bed = TestBed::new(TestBedOpts {
+        prefix: "cli".into(),
+        ..Default::default()
+    })
+    .unwrap();
     let d = bed.director();
     let pins = PinDir::new("cli");
     let fwd_key = "net.ipv4.conf.eth0.forwarding";
@@ -27,32 +31,56 @@ fn attach_status_detach_round_trip() {
     let o = lbadm(d, &pins.0, &["attach", "--iface", "eth0"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("attached to eth0 (native XDP), tunnel source 198.18.0.2"), "{out}");
-    assert_eq!(d.sysctl_read(fwd_key).unwrap(), "1", "bpf_fib_lookup needs forwarding");
+    assert!(
+        out.contains("attached to eth0 (native XDP), tunnel source 198.18.0.2"),
+        "{out}"
+    );
+    assert_eq!(
+        d.sysctl_read(fwd_key).unwrap(),
+        "1",
+        "bpf_fib_lookup needs forwarding"
+    );
 
     let o = lbadm(d, &pins.0, &["status"]);
     let (out, _) = text(&o);
     assert!(o.status.success());
-    assert!(out.starts_with("data path: attached on eth0 (native XDP), tunnel source 198.18.0.2"), "{out}");
+    assert!(
+        out.starts_with("data path: attached on eth0 (native XDP), tunnel source 198.18.0.2"),
+        "{out}"
+    );
     let o = lbadm(d, &pins.0, &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["attached"], true);
     assert_eq!(v["iface"], "eth0");
     assert!(v["counters"]["pass_not_service"].as_u64().is_some());
 
-    assert_one_line_error(&lbadm(d, &pins.0, &["attach", "--iface", "eth0"]), &["already attached", "lbadm detach"]);
+    assert_one_line_error(
+        &lbadm(d, &pins.0, &["attach", "--iface", "eth0"]),
+        &["already attached", "lbadm detach"],
+    );
 
     let o = lbadm(d, &pins.0, &["detach"]);
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(!pins.0.exists(), "pins left behind");
-    assert_eq!(d.sysctl_read(fwd_key).unwrap(), "0", "forwarding not restored");
-    assert_one_line_error(&lbadm(d, &pins.0, &["status"]), &["not attached", "lbadm attach --iface IF"]);
+    assert_eq!(
+        d.sysctl_read(fwd_key).unwrap(),
+        "0",
+        "forwarding not restored"
+    );
+    assert_one_line_error(
+        &lbadm(d, &pins.0, &["status"]),
+        &["not attached", "lbadm attach --iface IF"],
+    );
 
     // Detached means really detached: attaching again works, here in generic mode.
     let o = lbadm(d, &pins.0, &["attach", "--iface", "eth0", "--generic"]);
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(text(&o).0.contains("(generic XDP)"));
-    assert!(text(&lbadm(d, &pins.0, &["status"])).0.contains("(generic XDP)"));
+    assert!(
+        text(&lbadm(d, &pins.0, &["status"]))
+            .0
+            .contains("(generic XDP)")
+    );
     assert!(lbadm(d, &pins.0, &["detach"]).status.success());
 }
 
@@ -64,7 +92,10 @@ fn attach_failures_are_one_line_and_leave_nothing() {
     ns.set_up("noaddr1").unwrap();
     let pins = PinDir::new("clibad");
 
-    assert_one_line_error(&lbadm(&ns, &pins.0, &["attach", "--iface", "nosuch0"]), &["no interface named `nosuch0`"]);
+    assert_one_line_error(
+        &lbadm(&ns, &pins.0, &["attach", "--iface", "nosuch0"]),
+        &["no interface named `nosuch0`"],
+    );
     assert!(!pins.0.exists());
 
     assert_one_line_error(
@@ -74,18 +105,37 @@ fn attach_failures_are_one_line_and_leave_nothing() {
     assert!(!pins.0.exists());
 
     let not_bpffs = std::env::temp_dir().join(format!("lbadm-not-bpffs-{}", std::process::id()));
-    assert_one_line_error(&lbadm(&ns, &not_bpffs, &["attach", "--iface", "noaddr0"]), &["bpffs", "mount -t bpf"]);
+    assert_one_line_error(
+        &lbadm(&ns, &not_bpffs, &["attach", "--iface", "noaddr0"]),
+        &["bpffs", "mount -t bpf"],
+    );
     assert!(!not_bpffs.exists());
 
     // (In the host namespace: an unprivileged child could not enter the test's namespace.)
     let mut cmd = std::process::Command::new(lbadm_bin());
-    cmd.arg("--pin-dir").arg(&pins.0).args(["attach", "--iface", "lo", "--tunnel-source", "198.18.9.9"]);
+    cmd.arg("--pin-dir").arg(&pins.0).args([
+        "attach",
+        "--iface",
+        "lo",
+        "--tunnel-source",
+        "198.18.9.9",
+    ]);
     cmd.uid(65534).gid(65534);
     assert_one_line_error(&cmd.output().unwrap(), &["root"]);
     assert!(!pins.0.exists());
 
     // None of the failures left XDP behind: a clean attach succeeds, with an explicit source.
-    let o = lbadm(&ns, &pins.0, &["attach", "--iface", "noaddr0", "--tunnel-source", "198.18.9.9"]);
+    let o = lbadm(
+        &ns,
+        &pins.0,
+        &[
+            "attach",
+            "--iface",
+            "noaddr0",
+            "--tunnel-source",
+            "198.18.9.9",
+        ],
+    );
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(text(&o).0.contains("tunnel source 198.18.9.9"));
     assert!(lbadm(&ns, &pins.0, &["detach"]).status.success());

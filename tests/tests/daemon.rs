@@ -7,7 +7,7 @@ use lb_tests::{
     lbadm_bin,
     lbbed::{Decap, attach_pass},
     netns::{ChildGuard, Netns},
-    testbed::{TestBed, TestBedOpts, tcp_echo_request, tcp_echo_server},
+    testbed::{TestBed, TestBedOpts, tcp_echo_server},
 };
 use std::{
     io::{Read, Write},
@@ -73,7 +73,8 @@ fn header(pins: &Path, files: &Files) -> String {
     )
 }
 
-const FAST: &str = "interval = \"200ms\"\ntimeout = \"150ms\"\nfall = 2\nrise = 2\njitter = \"20ms\"\n";
+const FAST: &str =
+    "interval = \"200ms\"\ntimeout = \"150ms\"\nfall = 2\nrise = 2\njitter = \"20ms\"\n";
 
 fn lbadm(ns: &Netns, pins: &Path, args: &[&str]) -> Output {
     let mut cmd = ns.command(lbadm_bin());
@@ -82,7 +83,12 @@ fn lbadm(ns: &Netns, pins: &Path, args: &[&str]) -> Output {
 }
 
 fn ok(o: Output) -> String {
-    assert!(o.status.success(), "lbadm failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "lbadm failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap()
 }
 
@@ -106,13 +112,19 @@ fn weights(ns: &Netns, pins: &Path) -> Vec<(String, String, u32)> {
 }
 
 fn weight_of(ns: &Netns, pins: &Path, svc: &str, real: &str) -> Option<u32> {
-    weights(ns, pins).into_iter().find(|(s, r, _)| s == svc && r == real).map(|(_, _, w)| w)
+    weights(ns, pins)
+        .into_iter()
+        .find(|(s, r, _)| s == svc && r == real)
+        .map(|(_, _, w)| w)
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
     start.elapsed()
@@ -120,7 +132,11 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Dur
 
 /// Starts the daemon in the director's namespace, from the calling (test) thread.
 fn start_daemon(bed: &TestBed, pins: &Path, files: &Files) -> ChildGuard {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(files.log()).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(files.log())
+        .unwrap();
     ChildGuard::spawn(
         bed.director()
             .command(lbadm_bin())
@@ -136,10 +152,21 @@ fn start_daemon(bed: &TestBed, pins: &Path, files: &Files) -> ChildGuard {
 /// A bed with the director attached by `lbadm attach` (unless `attach` is false), the peer's
 /// XDP_PASS program and decapsulation on the reals.
 fn bed(prefix: &str, attach: bool) -> (TestBed, PinDir, aya::Ebpf, Decap) {
-    let bed = TestBed::new(TestBedOpts { prefix: prefix.into(), ..Default::default() }).unwrap();
+    let bed = TestBed::new(TestBedOpts {
+        prefix: prefix.into(),
+        ..Default::default()
+    })
+    .unwrap();
     let pins = PinDir::new(prefix);
     if attach {
-        ok(bed.director().command(lbadm_bin()).args(["--pin-dir"]).arg(&pins.0).args(["attach", "--iface", "eth0"]).output().unwrap());
+        ok(bed
+            .director()
+            .command(lbadm_bin())
+            .args(["--pin-dir"])
+            .arg(&pins.0)
+            .args(["attach", "--iface", "eth0"])
+            .output()
+            .unwrap());
     }
     let peer = bed.director_host().bridge_port().index;
     let pass = bed.bridge().run(move || attach_pass(peer)).unwrap();
@@ -148,18 +175,16 @@ fn bed(prefix: &str, attach: bool) -> (TestBed, PinDir, aya::Ebpf, Decap) {
 }
 
 fn detach(bed: &TestBed, pins: &Path) {
-    let _ = bed.director().command(lbadm_bin()).args(["--pin-dir"]).arg(pins).arg("detach").output();
+    let _ = bed
+        .director()
+        .command(lbadm_bin())
+        .args(["--pin-dir"])
+        .arg(pins)
+        .arg("detach")
+        .output();
 }
 
-fn who(bed: &TestBed, port: u16, n: usize) -> Vec<String> {
-    let vip = SocketAddrV4::new(bed.vip(), port);
-    (0..n)
-        .map(|i| {
-            let reply = tcp_echo_request(bed.client(), vip, format!("q{i}\n").as_bytes()).unwrap();
-            reply.split(' ').next().unwrap().to_string()
-        })
-        .collect()
-}
+use lb_tests::assertions::who_answers as who;
 
 #[test]
 fn dead_backend_is_quiesced_and_restored() {
@@ -181,11 +206,18 @@ fn dead_backend_is_quiesced_and_restored() {
     let start = Instant::now();
     // The pins appear one by one while the daemon attaches: wait for a listing that works.
     while !(lbadm(d, &pins.0, &["-L", "-n"]).status.success() && weights(d, &pins.0).len() == 2) {
-        assert!(start.elapsed() < Duration::from_secs(10), "the daemon did not attach and configure: {}", files.log_text());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the daemon did not attach and configure: {}",
+            files.log_text()
+        );
         thread::sleep(Duration::from_millis(50));
     }
     let both = who(&bed, 6033, 10);
-    assert!(both.iter().any(|r| r == "real1") && both.iter().any(|r| r == "real2"), "{both:?}");
+    assert!(
+        both.iter().any(|r| r == "real1") && both.iter().any(|r| r == "real2"),
+        "{both:?}"
+    );
 
     // Kill real1's backend: weight 0 within fall × interval + timeout (+ jitter and margin).
     drop(servers.remove(0));
@@ -193,15 +225,31 @@ fn dead_backend_is_quiesced_and_restored() {
         weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11") == Some(0)
     });
     // fall × (interval + jitter) + timeout, plus 1 s for polling and a loaded machine.
-    assert!(took < Duration::from_millis(2 * 220 + 150 + 1000), "quiesced after {took:?}");
-    assert!(files.log_text().contains("tcp: connection refused"), "{}", files.log_text());
+    assert!(
+        took < Duration::from_millis(2 * 220 + 150 + 1000),
+        "quiesced after {took:?}"
+    );
+    assert!(
+        files.log_text().contains("tcp: connection refused"),
+        "{}",
+        files.log_text()
+    );
     // New connections all go to real2, and none fails.
     assert!(who(&bed, 6033, 20).iter().all(|r| r == "real2"));
-    wait_until("status file shows real1 down", Duration::from_secs(3), || {
-        files.status_json()["services"][0]["reals"][0]["health"] == "down"
-    });
-    let status = ok(lbadm(d, &pins.0, &["status", "--status-file", files.status().to_str().unwrap()]));
-    assert!(status.contains("198.18.0.11") && status.contains("DOWN"), "{status}");
+    wait_until(
+        "status file shows real1 down",
+        Duration::from_secs(3),
+        || files.status_json()["services"][0]["reals"][0]["health"] == "down",
+    );
+    let status = ok(lbadm(
+        d,
+        &pins.0,
+        &["status", "--status-file", files.status().to_str().unwrap()],
+    ));
+    assert!(
+        status.contains("198.18.0.11") && status.contains("DOWN"),
+        "{status}"
+    );
     // The Prometheus endpoint: counters from the maps, health gauges.
     let metrics = d.run(|| {
         let mut c = TcpStream::connect("127.0.0.1:9477").unwrap();
@@ -212,13 +260,29 @@ fn dead_backend_is_quiesced_and_restored() {
         r
     });
     assert!(metrics.starts_with("HTTP/1.0 200 OK\r\n"), "{metrics}");
-    let labels = |real: &str| format!("{{protocol=\"tcp\",vip=\"198.18.0.100\",port=\"6033\",real=\"{real}\"}}");
-    assert!(metrics.contains(&format!("lbadm_real_up{} 0\n", labels("198.18.0.11"))), "{metrics}");
-    assert!(metrics.contains(&format!("lbadm_real_up{} 1\n", labels("198.18.0.12"))), "{metrics}");
-    assert!(metrics.contains(&format!("lbadm_real_weight{} 0\n", labels("198.18.0.11"))), "{metrics}");
+    let labels = |real: &str| {
+        format!("{{protocol=\"tcp\",vip=\"198.18.0.100\",port=\"6033\",real=\"{real}\"}}")
+    };
+    assert!(
+        metrics.contains(&format!("lbadm_real_up{} 0\n", labels("198.18.0.11"))),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("lbadm_real_up{} 1\n", labels("198.18.0.12"))),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("lbadm_real_weight{} 0\n", labels("198.18.0.11"))),
+        "{metrics}"
+    );
     let conns: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("lbadm_real_connections_total{} ", labels("198.18.0.12"))))
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "lbadm_real_connections_total{} ",
+                labels("198.18.0.12")
+            ))
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(conns >= 20, "{metrics}");
@@ -227,16 +291,32 @@ fn dead_backend_is_quiesced_and_restored() {
     // (Without the metrics endpoint, whose port the killed daemon's connections may hold.)
     daemon.kill().unwrap();
     let text = std::fs::read_to_string(files.config()).unwrap();
-    std::fs::write(files.config(), text.replace("metrics = \"127.0.0.1:9477\"\n", "")).unwrap();
+    std::fs::write(
+        files.config(),
+        text.replace("metrics = \"127.0.0.1:9477\"\n", ""),
+    )
+    .unwrap();
     let daemon = start_daemon(&bed, &pins.0, &files);
-    wait_until("the restarted daemon's log", Duration::from_secs(5), || files.log_text().contains("starts DOWN (inherited from the maps)"));
+    wait_until("the restarted daemon's log", Duration::from_secs(5), || {
+        files
+            .log_text()
+            .contains("starts DOWN (inherited from the maps)")
+    });
     for _ in 0..10 {
-        assert_eq!(weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11"), Some(0));
+        assert_eq!(
+            weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11"),
+            Some(0)
+        );
         thread::sleep(Duration::from_millis(60));
     }
 
     // Restart the backend: weight restored after `rise` successes.
-    let _back = tcp_echo_server(bed.real(1), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 6033), "real1").unwrap();
+    let _back = tcp_echo_server(
+        bed.real(1),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 6033),
+        "real1",
+    )
+    .unwrap();
     wait_until("real1 restored", Duration::from_secs(5), || {
         weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11") == Some(1)
     });
@@ -276,7 +356,10 @@ impl Fake {
                 }
             }
         });
-        Fake { stop, thread: Some(thread) }
+        Fake {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -341,39 +424,66 @@ fn mysql_check_needs_a_greeting() {
     .unwrap();
     let daemon = start_daemon(&bed, &pins.0, &files);
     let d = bed.director();
-    wait_until("mysql check quiesces the silent and the ERR backend", Duration::from_secs(5), || {
-        weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11") == Some(0)
-            && weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.12") == Some(0)
-    });
+    wait_until(
+        "mysql check quiesces the silent and the ERR backend",
+        Duration::from_secs(5),
+        || {
+            weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11") == Some(0)
+                && weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.12") == Some(0)
+        },
+    );
     // on_failure = "remove": the ERR backend leaves 6035, the other real stays.
     wait_until("real2 removed from 6035", Duration::from_secs(5), || {
         weight_of(d, &pins.0, "198.18.0.100:6035", "198.18.0.12").is_none()
     });
-    assert_eq!(weight_of(d, &pins.0, "198.18.0.100:6035", "198.18.0.11"), Some(1));
+    assert_eq!(
+        weight_of(d, &pins.0, "198.18.0.100:6035", "198.18.0.11"),
+        Some(1)
+    );
     // Several more rounds: the tcp check keeps the silent backend UP, the greeting is UP.
     thread::sleep(Duration::from_millis(800));
-    assert_eq!(weight_of(d, &pins.0, "198.18.0.100:6034", "198.18.0.11"), Some(2));
-    assert_eq!(weight_of(d, &pins.0, "198.18.0.100:6034", "198.18.0.12"), Some(2));
+    assert_eq!(
+        weight_of(d, &pins.0, "198.18.0.100:6034", "198.18.0.11"),
+        Some(2)
+    );
+    assert_eq!(
+        weight_of(d, &pins.0, "198.18.0.100:6034", "198.18.0.12"),
+        Some(2)
+    );
     let st = files.status_json();
     let reals = |s: usize| st["services"][s]["reals"].clone();
     assert_eq!(reals(0)[0]["health"], "down", "{st}");
-    assert_eq!(reals(0)[0]["last_result"], "mysql: timeout after 150ms", "{st}");
+    assert_eq!(
+        reals(0)[0]["last_result"],
+        "mysql: timeout after 150ms",
+        "{st}"
+    );
     assert_eq!(reals(0)[1]["health"], "down", "{st}");
-    assert_eq!(reals(0)[1]["last_result"], "mysql: ERR 1040 Too many connections", "{st}");
+    assert_eq!(
+        reals(0)[1]["last_result"],
+        "mysql: ERR 1040 Too many connections",
+        "{st}"
+    );
     assert_eq!(reals(1)[0]["health"], "up", "{st}");
     assert_eq!(reals(1)[0]["last_result"], "ok", "{st}");
     assert_eq!(reals(1)[1]["health"], "up", "{st}");
     assert_eq!(reals(1)[1]["check"], "mysql", "{st}");
     assert_eq!(reals(1)[1]["last_result"], "ok", "{st}");
     let log = files.log_text();
-    assert!(log.contains("mysql: ERR 1040 Too many connections"), "{log}");
+    assert!(
+        log.contains("mysql: ERR 1040 Too many connections"),
+        "{log}"
+    );
     assert!(log.contains("timeout after 150ms"), "{log}");
     assert!(daemon.kill().is_ok());
     detach(&bed, &pins.0);
 }
 
 fn sighup(child: &ChildGuard) {
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
 }
 
 #[test]
@@ -397,14 +507,19 @@ fn sighup_applies_only_the_difference() {
     std::fs::write(files.config(), &v1).unwrap();
     let daemon = start_daemon(&bed, &pins.0, &files);
     let d = bed.director();
-    wait_until("v1 applied", Duration::from_secs(5), || weights(d, &pins.0).len() == 3);
+    wait_until("v1 applied", Duration::from_secs(5), || {
+        weights(d, &pins.0).len() == 3
+    });
     // Let a few checks run, so health is established.
     thread::sleep(Duration::from_millis(600));
 
     // A connection to real1 (the only real of 6033 with a weight), held across the reload.
     let vip = SocketAddrV4::new(bed.vip(), 6033);
-    let mut held = bed.client().run(|| TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).unwrap());
-    held.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut held = bed
+        .client()
+        .run(|| TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).unwrap());
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     held.write_all(b"before-").unwrap();
 
     // v2: 6033 loses real2, 6034's real2 gets weight 5, 6035 is new.
@@ -421,11 +536,25 @@ fn sighup_applies_only_the_difference() {
     std::fs::write(files.config(), &v2).unwrap();
     sighup(&daemon);
     let want = vec![
-        ("198.18.0.100:6033".to_string(), "198.18.0.11".to_string(), 1),
-        ("198.18.0.100:6034".to_string(), "198.18.0.12".to_string(), 5),
-        ("198.18.0.100:6035".to_string(), "198.18.0.11".to_string(), 2),
+        (
+            "198.18.0.100:6033".to_string(),
+            "198.18.0.11".to_string(),
+            1,
+        ),
+        (
+            "198.18.0.100:6034".to_string(),
+            "198.18.0.12".to_string(),
+            5,
+        ),
+        (
+            "198.18.0.100:6035".to_string(),
+            "198.18.0.11".to_string(),
+            2,
+        ),
     ];
-    wait_until("v2 applied", Duration::from_secs(5), || weights(d, &pins.0) == want);
+    wait_until("v2 applied", Duration::from_secs(5), || {
+        weights(d, &pins.0) == want
+    });
     // The held connection goes on, on the same real.
     held.write_all(b"after\n").unwrap();
     held.shutdown(Shutdown::Write).unwrap();
@@ -435,13 +564,22 @@ fn sighup_applies_only_the_difference() {
 
     // A broken file changes nothing.
     let before = ok(lbadm(d, &pins.0, &["-S", "-n"]));
-    std::fs::write(files.config(), "iface = \"eth0\"\n[[service]]\nvip = \"nonsense\n").unwrap();
+    std::fs::write(
+        files.config(),
+        "iface = \"eth0\"\n[[service]]\nvip = \"nonsense\n",
+    )
+    .unwrap();
     sighup(&daemon);
-    wait_until("the reload error logged", Duration::from_secs(5), || files.log_text().contains("reload ignored"));
+    wait_until("the reload error logged", Duration::from_secs(5), || {
+        files.log_text().contains("reload ignored")
+    });
     thread::sleep(Duration::from_millis(600));
     assert_eq!(ok(lbadm(d, &pins.0, &["-S", "-n"])), before);
     let mut daemon = daemon;
-    assert!(daemon.try_wait().unwrap().is_none(), "the daemon died on a broken file");
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon died on a broken file"
+    );
     assert!(daemon.kill().is_ok());
     detach(&bed, &pins.0);
 }
@@ -462,14 +600,18 @@ fn daemon_death_and_restart_lose_nothing() {
     .unwrap();
     let daemon = start_daemon(&bed, &pins.0, &files);
     let d = bed.director();
-    wait_until("configured", Duration::from_secs(5), || weights(d, &pins.0).len() == 2);
+    wait_until("configured", Duration::from_secs(5), || {
+        weights(d, &pins.0).len() == 2
+    });
     thread::sleep(Duration::from_millis(500));
     let table = ok(lbadm(d, &pins.0, &["-S", "-n"]));
 
     // Stream 2 MiB through the VIP while the daemon is SIGKILLed.
     const TOTAL: usize = 2 << 20;
     let vip = SocketAddrV4::new(bed.vip(), 6033);
-    let mut s = bed.client().run(|| TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).unwrap());
+    let mut s = bed
+        .client()
+        .run(|| TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).unwrap());
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut w = s.try_clone().unwrap();
     let writer = thread::spawn(move || {
@@ -483,19 +625,38 @@ fn daemon_death_and_restart_lose_nothing() {
     let status = daemon.kill().unwrap();
     assert!(!status.success());
     writer.join().unwrap();
-    assert_eq!(ok(lbadm(d, &pins.0, &["-S", "-n"])), table, "the table changed without the daemon");
+    assert_eq!(
+        ok(lbadm(d, &pins.0, &["-S", "-n"])),
+        table,
+        "the table changed without the daemon"
+    );
 
     // A restarted daemon re-reads the maps and resets nothing: the connection still works.
     let daemon = start_daemon(&bed, &pins.0, &files);
     thread::sleep(Duration::from_millis(1000));
-    assert_eq!(ok(lbadm(d, &pins.0, &["-S", "-n"])), table, "the restarted daemon changed the table");
+    assert_eq!(
+        ok(lbadm(d, &pins.0, &["-S", "-n"])),
+        table,
+        "the restarted daemon changed the table"
+    );
     s.shutdown(Shutdown::Write).unwrap();
     let mut reply = String::new();
     let _ = s.read_to_string(&mut reply);
-    let n: usize = reply.trim().split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    let n: usize = reply
+        .trim()
+        .split(' ')
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
     assert_eq!(n, TOTAL, "reply {reply:?}");
     let count = files.log_text().matches("maps updated").count();
-    assert_eq!(count, 1, "only the first start configures; the restart must not rewrite matching maps: {}", files.log_text());
+    assert_eq!(
+        count,
+        1,
+        "only the first start configures; the restart must not rewrite matching maps: {}",
+        files.log_text()
+    );
     assert!(daemon.kill().is_ok());
     detach(&bed, &pins.0);
 }
@@ -510,7 +671,10 @@ fn check_config_names_line_column_and_field() {
             .arg(files.config())
             .output()
             .unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     };
     let good = "iface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n\
                 [[service.real]]\naddress = \"198.18.0.11\"\n[[service.real]]\naddress = \"198.18.0.12\"\n";
@@ -520,7 +684,10 @@ fn check_config_names_line_column_and_field() {
     assert!(err.contains("lbadm.toml:3:"), "{err}");
     let (code, err) = run(&good.replace("198.18.0.12", "198.18.0.11"));
     assert_eq!(code, Some(1));
-    assert!(err.contains("lbadm.toml:8:11: service[0].real[1].address: duplicate real 198.18.0.11"), "{err}");
+    assert!(
+        err.contains("lbadm.toml:8:11: service[0].real[1].address: duplicate real 198.18.0.11"),
+        "{err}"
+    );
     let (code, err) = run(&good.replace("port = 6033", "port = 6033\nscheduler = \"wlc\""));
     assert_eq!(code, Some(1));
     assert!(err.contains("wlc"), "{err}");

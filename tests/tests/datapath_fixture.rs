@@ -13,10 +13,17 @@ const PORT: u16 = 6033;
 
 fn svc(sched: Scheduler, reals: &[(Ipv4Addr, u32)]) -> VirtualService {
     VirtualService {
-        id: ServiceId { proto: Protocol::Tcp, addr: VIP, port: PORT },
+        id: ServiceId {
+            proto: Protocol::Tcp,
+            addr: VIP,
+            port: PORT,
+        },
         sched,
         persistence: 0,
-        reals: reals.iter().map(|&(addr, weight)| RealServer { addr, weight }).collect(),
+        reals: reals
+            .iter()
+            .map(|&(addr, weight)| RealServer { addr, weight })
+            .collect(),
     }
 }
 
@@ -40,14 +47,24 @@ fn real_of(f: &Fixture, input: &[u8]) -> Ipv4Addr {
 fn syn_is_encapsulated_exactly() {
     let mut f = Fixture::new().unwrap();
     f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
-    let mut ip = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 40000, VIP, PORT, TCP_SYN, 7, b""));
+    let mut ip = Ipv4::new(
+        CLIENT,
+        VIP,
+        6,
+        tcp(CLIENT, 40000, VIP, PORT, TCP_SYN, 7, b""),
+    );
     ip.tos = 0xb8; // DSCP EF
     ip.ttl = 57;
     let inner = ip.bytes();
     let frame = eth(f.mac, CLIENT_MAC, ETH_P_IP, &inner);
     let o = f.run(&frame).unwrap();
     assert_eq!(o.action, XDP_TX);
-    let mut want = eth(REAL1_MAC, f.mac, ETH_P_IP, &expected_outer(&inner, DIRECTOR, REAL1));
+    let mut want = eth(
+        REAL1_MAC,
+        f.mac,
+        ETH_P_IP,
+        &expected_outer(&inner, DIRECTOR, REAL1),
+    );
     want.extend_from_slice(&inner);
     assert_eq!(o.data, want);
     // The outer header checks out on its own too.
@@ -59,11 +76,16 @@ fn syn_is_encapsulated_exactly() {
 #[test]
 fn later_packets_follow_their_connection() {
     let mut f = Fixture::new().unwrap();
-    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1), (REAL3, 1)])]).unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1), (REAL3, 1)])])
+        .unwrap();
     for sport in 41000..41030u16 {
         let first = real_of(&f, &syn(sport));
         for i in 0..4 {
-            assert_eq!(real_of(&f, &ack(sport, &[i; 100])), first, "flow {sport} moved");
+            assert_eq!(
+                real_of(&f, &ack(sport, &[i; 100])),
+                first,
+                "flow {sport} moved"
+            );
         }
     }
     assert_eq!(reason(&f.maps, Reason::NewConn), 30);
@@ -73,7 +95,8 @@ fn later_packets_follow_their_connection() {
 #[test]
 fn wrr_three_to_one_is_exact_on_one_cpu() {
     let mut f = Fixture::new().unwrap();
-    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 3), (REAL2, 1)])]).unwrap();
+    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 3), (REAL2, 1)])])
+        .unwrap();
     let mut n1 = 0;
     let mut seq = Vec::new();
     for i in 0..1000u16 {
@@ -87,13 +110,17 @@ fn wrr_three_to_one_is_exact_on_one_cpu() {
     // Interleaved, not in bursts: never three REAL1 in a row... except across the cycle edge,
     // and REAL2 never twice in a row.
     assert!(seq.windows(2).all(|w| !(w[0] == REAL2 && w[1] == REAL2)));
-    assert!(seq.windows(4).all(|w| w.iter().filter(|&&r| r == REAL1).count() == 3));
+    assert!(
+        seq.windows(4)
+            .all(|w| w.iter().filter(|&&r| r == REAL1).count() == 3)
+    );
 }
 
 #[test]
 fn weight_zero_quiesces_without_breaking_existing_flows() {
     let mut f = Fixture::new().unwrap();
-    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1)])]).unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1)])])
+        .unwrap();
     let mut on_real2 = None;
     for sport in 30000..30010u16 {
         if real_of(&f, &syn(sport)) == REAL2 {
@@ -101,17 +128,27 @@ fn weight_zero_quiesces_without_breaking_existing_flows() {
         }
     }
     let old = on_real2.expect("rr gave REAL2 nothing");
-    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 0)])]).unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 0)])])
+        .unwrap();
     for sport in 31000..31050u16 {
-        assert_eq!(real_of(&f, &syn(sport)), REAL1, "a new flow went to a quiesced real");
+        assert_eq!(
+            real_of(&f, &syn(sport)),
+            REAL1,
+            "a new flow went to a quiesced real"
+        );
     }
-    assert_eq!(real_of(&f, &ack(old, b"still here")), REAL2, "existing flow was moved");
+    assert_eq!(
+        real_of(&f, &ack(old, b"still here")),
+        REAL2,
+        "existing flow was moved"
+    );
 }
 
 #[test]
 fn removed_real_flows_are_rescheduled() {
     let mut f = Fixture::new().unwrap();
-    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1)])]).unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1)])])
+        .unwrap();
     let mut on_real2 = Vec::new();
     for sport in 32000..32010u16 {
         if real_of(&f, &syn(sport)) == REAL2 {
@@ -134,16 +171,51 @@ fn other_traffic_passes_untouched() {
     f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
     let other_ip = Ipv4Addr::new(198, 18, 0, 200);
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("non-VIP address", client_tcp(CLIENT, 1, other_ip, PORT, TCP_SYN, b"")),
+        (
+            "non-VIP address",
+            client_tcp(CLIENT, 1, other_ip, PORT, TCP_SYN, b""),
+        ),
         ("other port", client_tcp(CLIENT, 1, VIP, 3306, TCP_SYN, b"")),
         (
             "other protocol (UDP to a TCP service)",
-            eth(f.mac, CLIENT_MAC, ETH_P_IP, &Ipv4::new(CLIENT, VIP, 17, udp(CLIENT, 1, VIP, PORT, b"q")).bytes()),
+            eth(
+                f.mac,
+                CLIENT_MAC,
+                ETH_P_IP,
+                &Ipv4::new(CLIENT, VIP, 17, udp(CLIENT, 1, VIP, PORT, b"q")).bytes(),
+            ),
         ),
-        ("GRE", eth(f.mac, CLIENT_MAC, ETH_P_IP, &Ipv4::new(CLIENT, VIP, 47, vec![0; 24]).bytes())),
+        (
+            "GRE",
+            eth(
+                f.mac,
+                CLIENT_MAC,
+                ETH_P_IP,
+                &Ipv4::new(CLIENT, VIP, 47, vec![0; 24]).bytes(),
+            ),
+        ),
         ("ARP", eth([0xff; 6], CLIENT_MAC, ETH_P_ARP, &[0u8; 28])),
-        ("IPv6", eth(f.mac, CLIENT_MAC, ETH_P_IPV6, &[0x60, 0, 0, 0, 0, 8, 6, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, 2, 0, 0, 0, 0])),
-        ("ICMP echo to the VIP", eth(f.mac, CLIENT_MAC, ETH_P_IP, &Ipv4::new(CLIENT, VIP, 1, vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0]).bytes())),
+        (
+            "IPv6",
+            eth(
+                f.mac,
+                CLIENT_MAC,
+                ETH_P_IPV6,
+                &[
+                    0x60, 0, 0, 0, 0, 8, 6, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0,
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, 2, 0, 0, 0, 0,
+                ],
+            ),
+        ),
+        (
+            "ICMP echo to the VIP",
+            eth(
+                f.mac,
+                CLIENT_MAC,
+                ETH_P_IP,
+                &Ipv4::new(CLIENT, VIP, 1, vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0]).bytes(),
+            ),
+        ),
     ];
     for (what, frame) in cases {
         let o = f.run(&frame).unwrap();
@@ -157,12 +229,22 @@ fn other_traffic_passes_untouched() {
 fn ipv4_options_are_skipped_and_kept() {
     let mut f = Fixture::new().unwrap();
     f.apply(&[svc(Scheduler::Rr, &[(REAL2, 1)])]).unwrap();
-    let mut ip = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 40001, VIP, PORT, TCP_SYN, 1, b""));
+    let mut ip = Ipv4::new(
+        CLIENT,
+        VIP,
+        6,
+        tcp(CLIENT, 40001, VIP, PORT, TCP_SYN, 1, b""),
+    );
     ip.options = vec![0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x00]; // router alert + NOPs + EOL
     let inner = ip.bytes();
     let o = f.run(&eth(f.mac, CLIENT_MAC, ETH_P_IP, &inner)).unwrap();
     assert_eq!(o.action, XDP_TX);
-    let mut want = eth(REAL2_MAC, f.mac, ETH_P_IP, &expected_outer(&inner, DIRECTOR, REAL2));
+    let mut want = eth(
+        REAL2_MAC,
+        f.mac,
+        ETH_P_IP,
+        &expected_outer(&inner, DIRECTOR, REAL2),
+    );
     want.extend_from_slice(&inner);
     assert_eq!(o.data, want);
 }
@@ -198,7 +280,12 @@ fn fragments_go_to_the_stack() {
     let mut f = Fixture::new().unwrap();
     f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
     // A non-first fragment has no TCP header: bytes where the ports would be are payload.
-    let mut ip = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 40002, VIP, PORT, TCP_ACK, 1, &[7; 64]));
+    let mut ip = Ipv4::new(
+        CLIENT,
+        VIP,
+        6,
+        tcp(CLIENT, 40002, VIP, PORT, TCP_ACK, 1, &[7; 64]),
+    );
     ip.df = false;
     ip.frag_offset = 185;
     let frame = eth(f.mac, CLIENT_MAC, ETH_P_IP, &ip.bytes());
@@ -220,7 +307,13 @@ fn oversized_df_packet_gets_frag_needed() {
     real_of(&f, &syn(46000));
     // 1500 bytes of IP: 1520 with the outer header, over the 1500-byte MTU.
     let payload = vec![0x5a; 1500 - 40];
-    let inner = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 46000, VIP, PORT, TCP_ACK, 99, &payload)).bytes();
+    let inner = Ipv4::new(
+        CLIENT,
+        VIP,
+        6,
+        tcp(CLIENT, 46000, VIP, PORT, TCP_ACK, 99, &payload),
+    )
+    .bytes();
     let frame = eth(f.mac, CLIENT_MAC, ETH_P_IP, &inner);
     let o = f.run(&frame).unwrap();
     assert_eq!(o.action, XDP_TX);
@@ -241,14 +334,27 @@ fn oversized_df_packet_gets_frag_needed() {
     assert_eq!(reason(&f.maps, Reason::IcmpFragNeeded), 1);
 
     // Just fits: 1480 bytes of IP.
-    let fits = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 46000, VIP, PORT, TCP_ACK, 99, &payload[..1440])).bytes();
+    let fits = Ipv4::new(
+        CLIENT,
+        VIP,
+        6,
+        tcp(CLIENT, 46000, VIP, PORT, TCP_ACK, 99, &payload[..1440]),
+    )
+    .bytes();
     let o = f.run(&eth(f.mac, CLIENT_MAC, ETH_P_IP, &fits)).unwrap();
     assert_eq!((o.action, o.data.len()), (XDP_TX, 14 + 1500));
 
     // Without DF there is nothing to tell the client: dropped and counted.
-    let mut nodf = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 46000, VIP, PORT, TCP_ACK, 99, &payload));
+    let mut nodf = Ipv4::new(
+        CLIENT,
+        VIP,
+        6,
+        tcp(CLIENT, 46000, VIP, PORT, TCP_ACK, 99, &payload),
+    );
     nodf.df = false;
-    let o = f.run(&eth(f.mac, CLIENT_MAC, ETH_P_IP, &nodf.bytes())).unwrap();
+    let o = f
+        .run(&eth(f.mac, CLIENT_MAC, ETH_P_IP, &nodf.bytes()))
+        .unwrap();
     assert_eq!(o.action, XDP_DROP);
     assert_eq!(reason(&f.maps, Reason::DropTooBig), 1);
 }
@@ -273,11 +379,23 @@ fn no_real_answers_port_unreachable() {
 fn vlan_tag_is_kept() {
     let mut f = Fixture::new().unwrap();
     f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
-    let inner = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 48000, VIP, PORT, TCP_SYN, 1, b"")).bytes();
+    let inner = Ipv4::new(
+        CLIENT,
+        VIP,
+        6,
+        tcp(CLIENT, 48000, VIP, PORT, TCP_SYN, 1, b""),
+    )
+    .bytes();
     let frame = eth_vlan(f.mac, CLIENT_MAC, 42, ETH_P_IP, &inner);
     let o = f.run(&frame).unwrap();
     assert_eq!(o.action, XDP_TX);
-    let mut want = eth_vlan(REAL1_MAC, f.mac, 42, ETH_P_IP, &expected_outer(&inner, DIRECTOR, REAL1));
+    let mut want = eth_vlan(
+        REAL1_MAC,
+        f.mac,
+        42,
+        ETH_P_IP,
+        &expected_outer(&inner, DIRECTOR, REAL1),
+    );
     want.extend_from_slice(&inner);
     assert_eq!(o.data, want);
 }
@@ -295,7 +413,8 @@ fn next_hop_behind_a_gateway_uses_its_mac() {
 #[test]
 fn unresolved_neighbour_is_handed_to_tc_not_dropped() {
     let mut f = Fixture::new().unwrap();
-    f.apply(&[svc(Scheduler::Rr, &[(REAL_UNRESOLVED, 1)])]).unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL_UNRESOLVED, 1)])])
+        .unwrap();
     let frame = syn(49500);
     let o = f.run(&frame).unwrap();
     assert_eq!(o.action, XDP_PASS);
@@ -328,16 +447,26 @@ fn tcp_states_and_nonsyn_misses_are_tracked() {
     assert_eq!(state(&f), lb_common::CONN_SYN_RECV);
     real_of(&f, &ack(50000, b""));
     assert_eq!(state(&f), lb_common::CONN_ESTABLISHED);
-    real_of(&f, &client_tcp(CLIENT, 50000, VIP, PORT, TCP_FIN | TCP_ACK, b""));
+    real_of(
+        &f,
+        &client_tcp(CLIENT, 50000, VIP, PORT, TCP_FIN | TCP_ACK, b""),
+    );
     assert_eq!(state(&f), lb_common::CONN_FIN_WAIT);
     real_of(&f, &ack(50000, b""));
-    assert_eq!(state(&f), lb_common::CONN_FIN_WAIT, "an ACK after FIN re-opened it");
+    assert_eq!(
+        state(&f),
+        lb_common::CONN_FIN_WAIT,
+        "an ACK after FIN re-opened it"
+    );
     // A mid-stream packet of a connection we never saw.
     real_of(&f, &ack(50001, b"hello"));
     assert_eq!(reason(&f.maps, Reason::NonSynMiss), 1);
     // An RST without an entry is forwarded but leaves no state.
     real_of(&f, &client_tcp(CLIENT, 50002, VIP, PORT, TCP_RST, b""));
-    let rst_key = lb_common::ConnKey { sport: 50002u16.to_be(), ..key };
+    let rst_key = lb_common::ConnKey {
+        sport: 50002u16.to_be(),
+        ..key
+    };
     assert!(f.maps.conns.get(&rst_key, 0).is_err());
 }
 
@@ -348,7 +477,12 @@ fn udp_flows_are_pinned_too() {
     s.id.proto = Protocol::Udp;
     f.apply(&[s]).unwrap();
     let dgram = |sport: u16| {
-        eth(f.mac, CLIENT_MAC, ETH_P_IP, &Ipv4::new(CLIENT, VIP, 17, udp(CLIENT, sport, VIP, PORT, b"query")).bytes())
+        eth(
+            f.mac,
+            CLIENT_MAC,
+            ETH_P_IP,
+            &Ipv4::new(CLIENT, VIP, 17, udp(CLIENT, sport, VIP, PORT, b"query")).bytes(),
+        )
     };
     for sport in 5000..5010u16 {
         let first = real_of(&f, &dgram(sport));
@@ -359,19 +493,31 @@ fn udp_flows_are_pinned_too() {
 #[test]
 fn icmp_errors_for_a_connection_reach_its_real() {
     let mut f = Fixture::new().unwrap();
-    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1)])]).unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1)])])
+        .unwrap();
     let r1 = real_of(&f, &syn(51000));
     let r2 = real_of(&f, &syn(51001));
     assert_ne!(r1, r2);
     // A router on the client's path says the real's reply (VIP:6033 -> client) was too big.
     for (sport, want) in [(51000u16, r1), (51001, r2)] {
-        let reply = Ipv4::new(VIP, CLIENT, 6, tcp(VIP, PORT, CLIENT, sport, TCP_ACK, 5, &[0; 8])).bytes();
+        let reply = Ipv4::new(
+            VIP,
+            CLIENT,
+            6,
+            tcp(VIP, PORT, CLIENT, sport, TCP_ACK, 5, &[0; 8]),
+        )
+        .bytes();
         let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
         icmp.extend_from_slice(&reply[..28]);
         let c = csum(&icmp);
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
         let router = Ipv4Addr::new(198, 18, 0, 1);
-        let frame = eth(f.mac, CLIENT_MAC, ETH_P_IP, &Ipv4::new(router, VIP, 1, icmp).bytes());
+        let frame = eth(
+            f.mac,
+            CLIENT_MAC,
+            ETH_P_IP,
+            &Ipv4::new(router, VIP, 1, icmp).bytes(),
+        );
         assert_eq!(real_of(&f, &frame), want);
     }
     assert_eq!(reason(&f.maps, Reason::IcmpForwarded), 2);
@@ -380,7 +526,13 @@ fn icmp_errors_for_a_connection_reach_its_real() {
 #[test]
 fn decap_strips_only_from_directors_to_vips() {
     let f = DecapFixture::new(&[DIRECTOR], &[VIP]).unwrap();
-    let inner = Ipv4::new(CLIENT, VIP, 6, tcp(CLIENT, 40000, VIP, PORT, TCP_SYN, 7, b"")).bytes();
+    let inner = Ipv4::new(
+        CLIENT,
+        VIP,
+        6,
+        tcp(CLIENT, 40000, VIP, PORT, TCP_SYN, 7, b""),
+    )
+    .bytes();
     let wrap = |src: Ipv4Addr, inner: &[u8]| {
         let mut outer = expected_outer(inner, src, REAL1);
         outer.extend_from_slice(inner);
@@ -413,7 +565,10 @@ impl log::Log for Capture {
         true
     }
     fn log(&self, r: &log::Record) {
-        self.0.lock().unwrap().push(format!("{} {}", r.level(), r.args()));
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", r.level(), r.args()));
     }
     fn flush(&self) {}
 }
@@ -423,7 +578,8 @@ fn debug_events_are_logged_per_connection_not_per_packet() {
     let mut f = Fixture::new().unwrap();
     f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut logger = aya_log::EbpfLogger::init_with_logger(&mut f.bpf, Capture(lines.clone())).unwrap();
+    let mut logger =
+        aya_log::EbpfLogger::init_with_logger(&mut f.bpf, Capture(lines.clone())).unwrap();
     real_of(&f, &syn(52000));
     for _ in 0..5 {
         real_of(&f, &ack(52000, b"data"));
@@ -432,7 +588,10 @@ fn debug_events_are_logged_per_connection_not_per_packet() {
     let got = lines.lock().unwrap().clone();
     assert_eq!(
         got,
-        vec!["DEBUG new_conn 198.18.0.10:52000 -> 198.18.0.100:6033 on real 198.18.0.11 (slot 0)".to_string()]
+        vec![
+            "DEBUG new_conn 198.18.0.10:52000 -> 198.18.0.100:6033 on real 198.18.0.11 (slot 0)"
+                .to_string()
+        ]
     );
 }
 
@@ -447,14 +606,19 @@ fn a_flow_keeps_its_real_across_cpus() {
         return;
     }
     let mut f = Fixture::new().unwrap();
-    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1), (REAL3, 1)])]).unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1), (REAL3, 1)])])
+        .unwrap();
     for sport in 53000..53020u16 {
         let first = f.run_on(0, &syn(sport)).unwrap();
         let first = outer_dst(&first.data);
         for i in 0..3 {
             let o = f.run_on(1, &ack(sport, &[i; 10])).unwrap();
             assert_eq!(o.action, XDP_TX);
-            assert_eq!(outer_dst(&o.data), first, "flow {sport} moved when its packets changed CPU");
+            assert_eq!(
+                outer_dst(&o.data),
+                first,
+                "flow {sport} moved when its packets changed CPU"
+            );
         }
     }
 }
@@ -466,7 +630,8 @@ fn per_cpu_cursors_are_exact_on_every_cpu() {
         return;
     }
     let mut f = Fixture::new().unwrap();
-    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 3), (REAL2, 1)])]).unwrap();
+    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 3), (REAL2, 1)])])
+        .unwrap();
     // New flows alternate between CPU 0 and CPU 1: each CPU walks the 4-slot table on its own,
     // so 500 flows per CPU split exactly 375/125 there, and 750/250 in all.
     let mut per_cpu = [[0u32; 2]; 2];
@@ -482,21 +647,27 @@ fn per_cpu_cursors_are_exact_on_every_cpu() {
 #[test]
 fn table_updates_publish_the_inactive_copy() {
     let mut f = Fixture::new().unwrap();
-    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 3), (REAL2, 1)])]).unwrap();
+    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 3), (REAL2, 1)])])
+        .unwrap();
     let before = f.maps.read().unwrap()[0].clone();
     let live = |f: &Fixture, s: &lb_userspace::services::InstalledService, copy: u32| {
         f.maps.tables.get(&(s.slot * 2 + copy), 0).unwrap()
     };
     let old_table = live(&f, &before, before.table_copy);
-    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 1), (REAL2, 1)])]).unwrap();
+    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 1), (REAL2, 1)])])
+        .unwrap();
     let after = f.maps.read().unwrap()[0].clone();
-    assert_ne!(after.table_copy, before.table_copy, "the live copy was rewritten in place");
+    assert_ne!(
+        after.table_copy, before.table_copy,
+        "the live copy was rewritten in place"
+    );
     // The copy packets were reading is untouched; the new one is complete.
     assert_eq!(live(&f, &before, before.table_copy), old_table);
     let new_table = live(&f, &after, after.table_copy);
     assert_eq!(new_table.len, 2);
     // An apply that changes nothing writes nothing.
-    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 1), (REAL2, 1)])]).unwrap();
+    f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 1), (REAL2, 1)])])
+        .unwrap();
     assert_eq!(f.maps.read().unwrap()[0].table_copy, after.table_copy);
 }
 
@@ -517,7 +688,10 @@ fn persistence_pins_a_client_across_connections() {
         assert_eq!(real_of(&f, &syn_from(a, sport, PORT)), ra, "client a moved");
     }
     let rb = real_of(&f, &syn_from(b, 2000, PORT));
-    assert_ne!(ra, rb, "rr should have given the second client the other real");
+    assert_ne!(
+        ra, rb,
+        "rr should have given the second client the other real"
+    );
     assert_eq!(reason(&f.maps, Reason::Persisted), 10);
     // Persisted connections are connections: 11 + 1 opened in all.
     let svc_slot = f.maps.read().unwrap()[0].slot;
@@ -541,7 +715,10 @@ fn persistence_pins_a_client_across_connections() {
         seen.insert(real_of(&f, &syn_from(b, sport, PORT)));
         std::thread::sleep(std::time::Duration::from_millis(1100));
     }
-    assert!(seen.len() == 2 || !seen.contains(&before), "template never expired: {seen:?}");
+    assert!(
+        seen.len() == 2 || !seen.contains(&before),
+        "template never expired: {seen:?}"
+    );
 }
 
 #[test]
@@ -552,12 +729,19 @@ fn persistent_port_zero_service_takes_every_port() {
     s.persistence = 360;
     f.apply(&[s]).unwrap();
     for port in [21u16, 3306, 6033, 65535] {
-        assert_eq!(real_of(&f, &syn_from(CLIENT, 3000, port)), REAL1, "port {port}");
+        assert_eq!(
+            real_of(&f, &syn_from(CLIENT, 3000, port)),
+            REAL1,
+            "port {port}"
+        );
     }
     // A non-persistent port-0 service would not (ipvsadm refuses to create one anyway).
     let mut f = Fixture::new().unwrap();
     let mut s = svc(Scheduler::Rr, &[(REAL1, 1)]);
     s.id.port = 0;
     f.apply(&[s]).unwrap();
-    assert_eq!(f.run(&syn_from(CLIENT, 3000, 3306)).unwrap().action, XDP_PASS);
+    assert_eq!(
+        f.run(&syn_from(CLIENT, 3000, 3306)).unwrap().action,
+        XDP_PASS
+    );
 }

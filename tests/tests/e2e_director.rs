@@ -16,20 +16,31 @@ const PORT: u16 = 6033;
 
 fn service(bed: &TestBed, weights: &[u32]) -> VirtualService {
     VirtualService {
-        id: ServiceId { proto: Protocol::Tcp, addr: bed.vip(), port: PORT },
+        id: ServiceId {
+            proto: Protocol::Tcp,
+            addr: bed.vip(),
+            port: PORT,
+        },
         sched: Scheduler::Wrr,
         persistence: 0,
         reals: weights
             .iter()
             .enumerate()
-            .map(|(i, &weight)| RealServer { addr: bed.real_addr(i + 1), weight })
+            .map(|(i, &weight)| RealServer {
+                addr: bed.real_addr(i + 1),
+                weight,
+            })
             .collect(),
     }
 }
 
 #[test]
 fn connections_through_the_vip_are_answered_directly_by_the_reals() {
-    let bed = TestBed::new(TestBedOpts { prefix: "e2e".into(), ..Default::default() }).unwrap();
+    let bed = TestBed::new(TestBedOpts {
+        prefix: "e2e".into(),
+        ..Default::default()
+    })
+    .unwrap();
     let _servers = bed.start_echo_servers(PORT).unwrap();
     let mut director = Director::attach(&bed).unwrap();
     assert!(!director.report.generic, "veth should take native XDP");
@@ -54,33 +65,51 @@ fn connections_through_the_vip_are_answered_directly_by_the_reals() {
     // most a cycle's worth per CPU.
     let cpus = aya::util::nr_cpus().unwrap();
     let slack = 3 * cpus;
-    assert!(per_real[0].abs_diff(75) <= slack && per_real[1].abs_diff(25) <= slack, "split {per_real:?}");
+    assert!(
+        per_real[0].abs_diff(75) <= slack && per_real[1].abs_diff(25) <= slack,
+        "split {per_real:?}"
+    );
 
     // The data path's own counters agree with what the servers saw.
     let installed = director.maps.read().unwrap();
     let slots = &installed[0].real_slots;
-    let conns: Vec<u64> = slots.iter().map(|&s| director.maps.real_stats(s).unwrap().conns).collect();
+    let conns: Vec<u64> = slots
+        .iter()
+        .map(|&s| director.maps.real_stats(s).unwrap().conns)
+        .collect();
     assert_eq!(conns, vec![per_real[0] as u64, per_real[1] as u64]);
     let svc = director.maps.service_stats(installed[0].slot).unwrap();
     assert_eq!(svc.conns, 100);
-    let real_packets: u64 = slots.iter().map(|&s| director.maps.real_stats(s).unwrap().packets).sum();
+    let real_packets: u64 = slots
+        .iter()
+        .map(|&s| director.maps.real_stats(s).unwrap().packets)
+        .sum();
     assert_eq!(svc.packets, real_packets);
     // SYN, ACK, data, FIN and the last ACK at least, per connection; outbound stays 0.
     assert!(svc.packets >= 400, "only {} packets counted", svc.packets);
 
     // Replies bypass the director entirely.
-    assert_eq!(sniff.count_from(bed.vip()), 0, "the director saw replies from the VIP");
+    assert_eq!(
+        sniff.count_from(bed.vip()),
+        0,
+        "the director saw replies from the VIP"
+    );
 }
 
 #[test]
 fn a_one_mebibyte_upload_completes_through_path_mtu_discovery() {
-    let bed = TestBed::new(TestBedOpts { prefix: "mtu".into(), ..Default::default() }).unwrap();
+    let bed = TestBed::new(TestBedOpts {
+        prefix: "mtu".into(),
+        ..Default::default()
+    })
+    .unwrap();
     let _servers = bed.start_echo_servers(PORT).unwrap();
     let mut director = Director::attach(&bed).unwrap();
     let _decap = Decap::attach_all(&bed).unwrap();
     director.maps.apply(&[service(&bed, &[1, 1])]).unwrap();
     let payload: Vec<u8> = (0..1 << 20).map(|i| b'a' + (i % 26) as u8).collect();
-    let reply = tcp_echo_request(bed.client(), SocketAddrV4::new(bed.vip(), PORT), &payload).unwrap();
+    let reply =
+        tcp_echo_request(bed.client(), SocketAddrV4::new(bed.vip(), PORT), &payload).unwrap();
     assert!(reply.ends_with(&format!(" {}", 1 << 20)), "reply {reply:?}");
     let frag_needed = director
         .maps
@@ -90,5 +119,8 @@ fn a_one_mebibyte_upload_completes_through_path_mtu_discovery() {
         .find(|(r, _)| *r == lb_common::Reason::IcmpFragNeeded)
         .unwrap()
         .1;
-    assert!(frag_needed >= 1, "full-size packets never needed PMTU discovery");
+    assert!(
+        frag_needed >= 1,
+        "full-size packets never needed PMTU discovery"
+    );
 }

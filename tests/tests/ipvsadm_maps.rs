@@ -35,8 +35,14 @@ fn ok(pins: &Path, args: &[&str], stdin: &str) -> String {
 /// Everything a configuration command may change.
 fn snapshot(pins: &Path) -> String {
     let maps = Maps::open(pins).unwrap();
-    let filter: Vec<u64> = (0..lb_common::VIP_FILTER_WORDS).map(|i| maps.vip_filter.get(&i, 0).unwrap()).collect();
-    format!("{:?}\n{:?}", maps.read().unwrap(), filter.iter().filter(|w| **w != 0).collect::<Vec<_>>())
+    let filter: Vec<u64> = (0..lb_common::VIP_FILTER_WORDS)
+        .map(|i| maps.vip_filter.get(&i, 0).unwrap())
+        .collect();
+    format!(
+        "{:?}\n{:?}",
+        maps.read().unwrap(),
+        filter.iter().filter(|w| **w != 0).collect::<Vec<_>>()
+    )
 }
 
 const RULES: &str = "\
@@ -88,15 +94,35 @@ fn restore_is_all_or_nothing() {
     let before = snapshot(p);
     for (bad, code, msg) in [
         // a parse error on the last line
-        ("-A -t 198.18.0.102:80\n-a -t 198.18.0.102:80 -r 198.18.0.30 -w abc\n", 2, "illegal weight specified\n"),
+        (
+            "-A -t 198.18.0.102:80\n-a -t 198.18.0.102:80 -r 198.18.0.30 -w abc\n",
+            2,
+            "illegal weight specified\n",
+        ),
         // an operation error in the middle
-        ("-A -t 198.18.0.102:80\n-A -t 198.18.0.100:6033\n-A -t 198.18.0.103:80\n", 255, "Service already exists\n"),
-        ("-d -t 198.18.0.100:6033 -r 198.18.0.99\n", 255, "No such destination\n"),
-        ("-A -t 198.18.0.104:80 -s wlc\n", 255, "Scheduler or persistence engine not found\n"),
+        (
+            "-A -t 198.18.0.102:80\n-A -t 198.18.0.100:6033\n-A -t 198.18.0.103:80\n",
+            255,
+            "Service already exists\n",
+        ),
+        (
+            "-d -t 198.18.0.100:6033 -r 198.18.0.99\n",
+            255,
+            "No such destination\n",
+        ),
+        (
+            "-A -t 198.18.0.104:80 -s wlc\n",
+            255,
+            "Scheduler or persistence engine not found\n",
+        ),
     ] {
         let o = lbadm(p, &["-R"], bad);
         assert_eq!((o.code, o.stderr.as_str()), (code, msg), "{bad}");
-        assert_eq!(snapshot(p), before, "a failed restore changed the maps: {bad}");
+        assert_eq!(
+            snapshot(p),
+            before,
+            "a failed restore changed the maps: {bad}"
+        );
     }
 }
 
@@ -104,14 +130,7 @@ fn restore_is_all_or_nothing() {
 fn restore_of_a_thousand_services_with_ten_reals_each() {
     let d = director();
     let p = &d.pins.0;
-    let mut rules = String::new();
-    for s in 0..1000u32 {
-        let vip = format!("198.19.{}.{}:6033", s / 250, s % 250 + 1);
-        rules += &format!("-A -t {vip} -s wrr\n");
-        for r in 0..10u32 {
-            rules += &format!("-a -t {vip} -r 198.18.{}.{}:6033 -i -w {} --tun-type ipip\n", 100 + r, s % 250 + 1, r + 1);
-        }
-    }
+    let rules = lb_tests::assertions::restore_rules(1000, 10);
     let t = std::time::Instant::now();
     ok(p, &["-R"], &rules);
     let restore = t.elapsed();
@@ -119,15 +138,25 @@ fn restore_of_a_thousand_services_with_ten_reals_each() {
     let listing = ok(p, &["-L", "-n"], "");
     let list = t.elapsed();
     eprintln!("restore 1000x10: {restore:?}; -L -n: {list:?}");
-    assert_eq!(listing.lines().filter(|l| l.starts_with("TCP  ")).count(), 1000);
-    assert_eq!(listing.lines().filter(|l| l.starts_with("  -> ")).count() - 1, 10_000);
+    assert_eq!(
+        listing.lines().filter(|l| l.starts_with("TCP  ")).count(),
+        1000
+    );
+    assert_eq!(
+        listing.lines().filter(|l| l.starts_with("  -> ")).count() - 1,
+        10_000
+    );
     let saved = ok(p, &["-S", "-n"], "");
     assert_eq!(saved.lines().count(), 11_000);
 }
 
 #[test]
 fn not_attached_gives_a_hint() {
-    let o = lbadm(Path::new("/sys/fs/bpf/lbadm-test-never-there"), &["-L", "-n"], "");
+    let o = lbadm(
+        Path::new("/sys/fs/bpf/lbadm-test-never-there"),
+        &["-L", "-n"],
+        "",
+    );
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("lbadm attach --iface IF"), "{}", o.stderr);
     assert_eq!(o.stderr.lines().count(), 1);
@@ -152,13 +181,71 @@ fn random_command_lines_never_panic_and_failures_change_nothing() {
     let d = director();
     let p = &d.pins.0;
     const WORDS: &[&str] = &[
-        "-A", "-E", "-D", "-C", "-a", "-e", "-d", "-L", "-l", "-Z", "-S", "-t", "-u", "-f", "1",
-        "198.18.0.100:6033", "198.18.0.100:0", "198.18.0.100", "198.18.0.11", "198.18.0.12:6033",
-        "[::1]:80", "host.invalid:80", "-r", "-w", "3", "0", "-1", "abc", "2147483647",
-        "2147483648", "-p", "600", "0", "2678401", "-s", "rr", "wrr", "wlc", "mh", "sh", "-i",
-        "-g", "-m", "-n", "--stats", "-c", "--exact", "--timeout", "-Ln", "-At", "-x", "10",
-        "--tun-type", "gue", "ipip", "--json", "-o", "-M", "255.255.255.0", "--nosort", "junk",
-        "--bogus", "-h", "-v", "-Sn",
+        "-A",
+        "-E",
+        "-D",
+        "-C",
+        "-a",
+        "-e",
+        "-d",
+        "-L",
+        "-l",
+        "-Z",
+        "-S",
+        "-t",
+        "-u",
+        "-f",
+        "1",
+        "198.18.0.100:6033",
+        "198.18.0.100:0",
+        "198.18.0.100",
+        "198.18.0.11",
+        "198.18.0.12:6033",
+        "[::1]:80",
+        "host.invalid:80",
+        "-r",
+        "-w",
+        "3",
+        "0",
+        "-1",
+        "abc",
+        "2147483647",
+        "2147483648",
+        "-p",
+        "600",
+        "0",
+        "2678401",
+        "-s",
+        "rr",
+        "wrr",
+        "wlc",
+        "mh",
+        "sh",
+        "-i",
+        "-g",
+        "-m",
+        "-n",
+        "--stats",
+        "-c",
+        "--exact",
+        "--timeout",
+        "-Ln",
+        "-At",
+        "-x",
+        "10",
+        "--tun-type",
+        "gue",
+        "ipip",
+        "--json",
+        "-o",
+        "-M",
+        "255.255.255.0",
+        "--nosort",
+        "junk",
+        "--bogus",
+        "-h",
+        "-v",
+        "-Sn",
     ];
     let mut rng = Rng(0x5eed_1bad_c0ff_ee11);
     let mut failures = 0;
@@ -172,14 +259,26 @@ fn random_command_lines_never_panic_and_failures_change_nothing() {
         let args: Vec<&str> = (0..n).map(|_| rng.pick(WORDS)).collect();
         let before = snapshot(p);
         let o = lbadm(p, &args, "");
-        assert!([0, 1, 2, 255].contains(&o.code), "{args:?} exited {}", o.code);
+        assert!(
+            [0, 1, 2, 255].contains(&o.code),
+            "{args:?} exited {}",
+            o.code
+        );
         if o.code != 0 {
             failures += 1;
             assert!(!o.stderr.is_empty(), "{args:?} failed silently");
-            assert_eq!(snapshot(p), before, "{args:?} failed ({}) but changed the maps", o.stderr.trim());
+            assert_eq!(
+                snapshot(p),
+                before,
+                "{args:?} failed ({}) but changed the maps",
+                o.stderr.trim()
+            );
         }
     }
-    assert!(failures > 300, "the generator hardly exercised failures ({failures})");
+    assert!(
+        failures > 300,
+        "the generator hardly exercised failures ({failures})"
+    );
 }
 
 #[test]
@@ -198,7 +297,20 @@ fn concurrent_lbadm_processes_never_corrupt_the_tables() {
                 for round in 0..30u8 {
                     for r in 1..=5u8 {
                         let real = format!("198.18.1.{r}");
-                        ok(&p, &["-a", "-t", vip, "-r", &real, "-i", "-w", &(round as u32 + 1).to_string()], "");
+                        ok(
+                            &p,
+                            &[
+                                "-a",
+                                "-t",
+                                vip,
+                                "-r",
+                                &real,
+                                "-i",
+                                "-w",
+                                &(round as u32 + 1).to_string(),
+                            ],
+                            "",
+                        );
                     }
                     for r in 1..=5u8 {
                         ok(&p, &["-d", "-t", vip, "-r", &format!("198.18.1.{r}")], "");
@@ -232,8 +344,16 @@ fn stats_rate_and_json_listings() {
          \x20 -> 198.18.0.12:6033                    0        0        0        0        0\n"
     );
     let rate = ok(p, &["-L", "-n", "--rate", "-t", "198.18.0.100:6033"], "");
-    assert!(rate.starts_with("Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n"), "{rate}");
-    assert_eq!(ok(p, &["-L", "--timeout"], ""), "Timeout (tcp tcpfin udp): 900 120 300\n");
+    assert!(
+        rate.starts_with(
+            "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n"
+        ),
+        "{rate}"
+    );
+    assert_eq!(
+        ok(p, &["-L", "--timeout"], ""),
+        "Timeout (tcp tcpfin udp): 900 120 300\n"
+    );
     let v: serde_json::Value = serde_json::from_str(&ok(p, &["-L", "-n", "--json"], "")).unwrap();
     let svcs = v.as_array().expect("an array of services");
     assert_eq!(svcs.len(), 3);

@@ -82,7 +82,11 @@ impl Rs {
         ] {
             ns.sysctl_write(k, v).unwrap();
         }
-        Rs { ns, files: Files::new(tag), pins: PinDir::new(&format!("rs{tag}")) }
+        Rs {
+            ns,
+            files: Files::new(tag),
+            pins: PinDir::new(&format!("rs{tag}")),
+        }
     }
 
     fn lbadm(&self, args: &[&str]) -> Output {
@@ -90,17 +94,37 @@ impl Rs {
     }
 
     fn setup_xdp(&self) -> Output {
-        let o = self.lbadm(&["setup", "--decap", "xdp", "--director", "198.18.0.2", "--vip", "198.18.0.100", "--iface", "eth0"]);
+        let o = self.lbadm(&[
+            "setup",
+            "--decap",
+            "xdp",
+            "--director",
+            "198.18.0.2",
+            "--vip",
+            "198.18.0.100",
+            "--iface",
+            "eth0",
+        ]);
         assert!(o.status.success(), "setup failed: {:?}", text(&o));
         o
     }
 
     /// `check --json` for the XDP mode: (exit code, findings).
     fn check(&self, extra: &[&str]) -> (i32, Value) {
-        let mut args = vec!["check", "--decap", "xdp", "--vip", "198.18.0.100", "--iface", "eth0", "--json"];
+        let mut args = vec![
+            "check",
+            "--decap",
+            "xdp",
+            "--vip",
+            "198.18.0.100",
+            "--iface",
+            "eth0",
+            "--json",
+        ];
         args.extend_from_slice(extra);
         let o = self.lbadm(&args);
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", text(&o)));
+        let v: Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", text(&o)));
         (o.status.code().unwrap(), v)
     }
 
@@ -138,9 +162,13 @@ fn lbadm_in(ns: &Netns, files: &Files, pins: &Path, args: &[&str]) -> Output {
     cmd.output().expect("running lbadm")
 }
 
-
 fn codes(v: &Value) -> Vec<String> {
-    v["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap().to_string()).collect()
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn finding<'a>(v: &'a Value, code: &str) -> &'a Value {
@@ -176,16 +204,35 @@ fn xdp_check_setup_check_idempotent_teardown() {
     // A fresh host: everything is wrong.
     let (code, v) = rs.check(&[]);
     assert_eq!(code, 1, "{v:#}");
-    for c in ["decap-missing", "vip-missing", "rp-filter-strict", "arp-answers-vip"] {
+    for c in [
+        "decap-missing",
+        "vip-missing",
+        "rp-filter-strict",
+        "arp-answers-vip",
+    ] {
         assert!(codes(&v).contains(&c.to_string()), "{c} missing from {v:#}");
     }
     assert_eq!(v["healthy"], false);
     // Human output: what, why and the fix for each.
-    let o = rs.lbadm(&["check", "--decap", "xdp", "--vip", "198.18.0.100", "--iface", "eth0"]);
+    let o = rs.lbadm(&[
+        "check",
+        "--decap",
+        "xdp",
+        "--vip",
+        "198.18.0.100",
+        "--iface",
+        "eth0",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let out = text(&o).0;
-    assert!(out.contains("error [vip-missing]: VIP 198.18.0.100 is not on any interface"), "{out}");
-    assert!(out.contains("  why: ") && out.contains("  fix: lbadm realserver setup --decap xdp"), "{out}");
+    assert!(
+        out.contains("error [vip-missing]: VIP 198.18.0.100 is not on any interface"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  why: ") && out.contains("  fix: lbadm realserver setup --decap xdp"),
+        "{out}"
+    );
     assert!(out.contains("NOT healthy"), "{out}");
 
     // setup fixes all of it, one line per change, then the effective values.
@@ -214,7 +261,8 @@ fn xdp_check_setup_check_idempotent_teardown() {
     ] {
         assert!(conf.contains(l), "{l:?} not in {conf}");
     }
-    let state: Value = serde_json::from_str(&std::fs::read_to_string(rs.files.state()).unwrap()).unwrap();
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(rs.files.state()).unwrap()).unwrap();
     assert_eq!(state["decap"], "xdp");
     assert_eq!(state["sysctls"].as_array().unwrap().len(), 4);
 
@@ -226,16 +274,33 @@ fn xdp_check_setup_check_idempotent_teardown() {
     // Without any option but the state file, check finds the same configuration.
     let o = rs.lbadm(&["check"]);
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
-    assert!(text(&o).0.contains("healthy: --decap xdp on eth0 for VIP 198.18.0.100"), "{:?}", text(&o));
+    assert!(
+        text(&o)
+            .0
+            .contains("healthy: --decap xdp on eth0 for VIP 198.18.0.100"),
+        "{:?}",
+        text(&o)
+    );
 
     // A second setup changes nothing.
     let out = text(&rs.setup_xdp()).0;
     assert!(out.starts_with("nothing changed"), "{out}");
-    assert!(!out.contains("set net.") && !out.contains("added") && !out.contains("attached"), "{out}");
+    assert!(
+        !out.contains("set net.") && !out.contains("added") && !out.contains("attached"),
+        "{out}"
+    );
 
     // Another VIP and another director: the attached program's maps are updated in place.
     let o = rs.lbadm(&[
-        "setup", "--decap", "xdp", "--director", "198.18.0.2,198.18.0.3", "--vip", "198.18.0.100,198.18.0.101", "--iface", "eth0",
+        "setup",
+        "--decap",
+        "xdp",
+        "--director",
+        "198.18.0.2,198.18.0.3",
+        "--vip",
+        "198.18.0.100,198.18.0.101",
+        "--iface",
+        "eth0",
     ]);
     let out = text(&o).0;
     assert!(o.status.success(), "{:?}", text(&o));
@@ -265,27 +330,63 @@ fn xdp_check_setup_check_idempotent_teardown() {
     let idx = rs.ns.link_index("eth0").unwrap();
     let _pass = rs.ns.run(|| lb_tests::lbbed::attach_pass(idx)).unwrap();
 
-    assert_one_line_error(&rs.lbadm(&["teardown"]), &["nothing to tear down", "no state file"]);
+    assert_one_line_error(
+        &rs.lbadm(&["teardown"]),
+        &["nothing to tear down", "no state file"],
+    );
 }
 
 #[test]
 fn xdp_setup_needs_a_director_and_an_interface() {
     let rs = Rs::new("nodir");
     assert_one_line_error(
-        &rs.lbadm(&["setup", "--decap", "xdp", "--vip", "198.18.0.100", "--iface", "eth0"]),
-        &["--director", "only accepts tunnelled packets from listed directors"],
+        &rs.lbadm(&[
+            "setup",
+            "--decap",
+            "xdp",
+            "--vip",
+            "198.18.0.100",
+            "--iface",
+            "eth0",
+        ]),
+        &[
+            "--director",
+            "only accepts tunnelled packets from listed directors",
+        ],
     );
     // No default route in the namespace and no --iface.
     assert_one_line_error(
-        &rs.lbadm(&["setup", "--decap", "xdp", "--director", "198.18.0.2", "--vip", "198.18.0.100"]),
+        &rs.lbadm(&[
+            "setup",
+            "--decap",
+            "xdp",
+            "--director",
+            "198.18.0.2",
+            "--vip",
+            "198.18.0.100",
+        ]),
         &["default route", "--iface"],
     );
     assert_one_line_error(
-        &rs.lbadm(&["setup", "--decap", "xdp", "--director", "198.18.0.2", "--vip", "198.18.0.100", "--iface", "nosuch0"]),
+        &rs.lbadm(&[
+            "setup",
+            "--decap",
+            "xdp",
+            "--director",
+            "198.18.0.2",
+            "--vip",
+            "198.18.0.100",
+            "--iface",
+            "nosuch0",
+        ]),
         &["no interface named `nosuch0`"],
     );
     assert!(!rs.files.state().exists() && !rs.files.sysctl().exists() && !rs.pins.0.exists());
-    assert_eq!(rs.sysctl("net.ipv4.conf.all.arp_ignore"), "0", "a failed setup changed a sysctl");
+    assert_eq!(
+        rs.sysctl("net.ipv4.conf.all.arp_ignore"),
+        "0",
+        "a failed setup changed a sysctl"
+    );
     // With a default route, the interface is found without --iface.
     rs.ns
         .rtnl("default route", |h| async move {
@@ -300,7 +401,15 @@ fn xdp_setup_needs_a_director_and_an_interface() {
             Ok(())
         })
         .unwrap();
-    let o = rs.lbadm(&["setup", "--decap", "xdp", "--director", "198.18.0.2", "--vip", "198.18.0.100"]);
+    let o = rs.lbadm(&[
+        "setup",
+        "--decap",
+        "xdp",
+        "--director",
+        "198.18.0.2",
+        "--vip",
+        "198.18.0.100",
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(text(&o).0.contains("attached XDP decapsulation to eth0"));
     assert!(rs.lbadm(&["teardown"]).status.success());
@@ -323,7 +432,12 @@ fn send_raw(ns: &Netns, dst: Ipv4Addr, ip_packet: &[u8]) {
             &sin as *const _ as *const libc::sockaddr,
             std::mem::size_of::<libc::sockaddr_in>() as u32,
         );
-        assert_eq!(r, ip_packet.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            r,
+            ip_packet.len() as isize,
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
     })
 }
 
@@ -339,22 +453,62 @@ fn decap_counter(ns: &Netns, pins: &Path, idx: u32) -> u64 {
 
 #[test]
 fn traffic_through_reals_configured_only_by_setup() {
-    let bed = TestBed::new(TestBedOpts { prefix: "rsbed".into(), configure_reals: false, ..Default::default() }).unwrap();
+    let bed = TestBed::new(TestBedOpts {
+        prefix: "rsbed".into(),
+        configure_reals: false,
+        ..Default::default()
+    })
+    .unwrap();
     let reals: Vec<(Files, PinDir)> = (1..=bed.real_count())
-        .map(|i| (Files::new(&format!("bed{i}")), PinDir::new(&format!("rsbed{i}"))))
+        .map(|i| {
+            (
+                Files::new(&format!("bed{i}")),
+                PinDir::new(&format!("rsbed{i}")),
+            )
+        })
         .collect();
     let before: Vec<[String; 2]> = (1..=bed.real_count())
         .map(|i| {
-            ["net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce"].map(|k| bed.real(i).sysctl_read(k).unwrap())
+            [
+                "net.ipv4.conf.all.arp_ignore",
+                "net.ipv4.conf.all.arp_announce",
+            ]
+            .map(|k| bed.real(i).sysctl_read(k).unwrap())
         })
         .collect();
     for (i, (files, pins)) in reals.iter().enumerate() {
         let ns = bed.real(i + 1);
-        let o = lbadm_in(ns, files, &pins.0, &[
-            "setup", "--decap", "xdp", "--director", "198.18.0.2", "--vip", "198.18.0.100", "--iface", "eth0",
-        ]);
+        let o = lbadm_in(
+            ns,
+            files,
+            &pins.0,
+            &[
+                "setup",
+                "--decap",
+                "xdp",
+                "--director",
+                "198.18.0.2",
+                "--vip",
+                "198.18.0.100",
+                "--iface",
+                "eth0",
+            ],
+        );
         assert!(o.status.success(), "real{}: {:?}", i + 1, text(&o));
-        let o = lbadm_in(ns, files, &pins.0, &["check", "--vip", "198.18.0.100", "--decap", "xdp", "--iface", "eth0"]);
+        let o = lbadm_in(
+            ns,
+            files,
+            &pins.0,
+            &[
+                "check",
+                "--vip",
+                "198.18.0.100",
+                "--decap",
+                "xdp",
+                "--iface",
+                "eth0",
+            ],
+        );
         assert_eq!(o.status.code(), Some(0), "real{}: {:?}", i + 1, text(&o));
     }
     let _servers = bed.start_echo_servers(PORT).unwrap();
@@ -362,39 +516,76 @@ fn traffic_through_reals_configured_only_by_setup() {
     director
         .maps
         .apply(&[VirtualService {
-            id: ServiceId { proto: Protocol::Tcp, addr: bed.vip(), port: PORT },
+            id: ServiceId {
+                proto: Protocol::Tcp,
+                addr: bed.vip(),
+                port: PORT,
+            },
             sched: Scheduler::Wrr,
             persistence: 0,
-            reals: (1..=bed.real_count()).map(|i| RealServer { addr: bed.real_addr(i), weight: 1 }).collect(),
+            reals: (1..=bed.real_count())
+                .map(|i| RealServer {
+                    addr: bed.real_addr(i),
+                    weight: 1,
+                })
+                .collect(),
         }])
         .unwrap();
     let sniff = Sniffer::open(bed.director(), bed.director_eth0().index);
     let mut seen = std::collections::BTreeSet::new();
     for i in 0..10 {
-        let reply = tcp_echo_request(bed.client(), SocketAddrV4::new(bed.vip(), PORT), format!("hello {i}\n").as_bytes())
-            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        let reply = tcp_echo_request(
+            bed.client(),
+            SocketAddrV4::new(bed.vip(), PORT),
+            format!("hello {i}\n").as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
         let (name, n) = reply.split_once(' ').unwrap();
         assert_eq!(n, format!("hello {i}\n").len().to_string());
         seen.insert(name.to_string());
     }
     assert_eq!(seen.len(), 2, "both reals answer: {seen:?}");
-    assert_eq!(sniff.count_from(bed.vip()), 0, "replies crossed the director");
+    assert_eq!(
+        sniff.count_from(bed.vip()),
+        0,
+        "replies crossed the director"
+    );
 
     // An IPIP packet from a host that is not a director is dropped by the decapsulation.
     let (_, pins1) = &reals[0];
-    let dropped_before = decap_counter(bed.real(1), &pins1.0, lb_common::DECAP_DROP_UNKNOWN_DIRECTOR);
+    let dropped_before = decap_counter(
+        bed.real(1),
+        &pins1.0,
+        lb_common::DECAP_DROP_UNKNOWN_DIRECTOR,
+    );
     let decapsulated_before = decap_counter(bed.real(1), &pins1.0, lb_common::DECAP_DECAPSULATED);
     let client = bed.client_addr();
-    let inner = packet::Ipv4::new(client, bed.vip(), 6, packet::tcp(client, 40000, bed.vip(), PORT, packet::TCP_SYN, 1, &[]))
-        .bytes();
+    let inner = packet::Ipv4::new(
+        client,
+        bed.vip(),
+        6,
+        packet::tcp(client, 40000, bed.vip(), PORT, packet::TCP_SYN, 1, &[]),
+    )
+    .bytes();
     let outer = packet::Ipv4::new(client, bed.real_addr(1), 4, inner).bytes();
     send_raw(bed.client(), bed.real_addr(1), &outer);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while decap_counter(bed.real(1), &pins1.0, lb_common::DECAP_DROP_UNKNOWN_DIRECTOR) == dropped_before {
-        assert!(std::time::Instant::now() < deadline, "the forged IPIP packet was not dropped");
+    while decap_counter(
+        bed.real(1),
+        &pins1.0,
+        lb_common::DECAP_DROP_UNKNOWN_DIRECTOR,
+    ) == dropped_before
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forged IPIP packet was not dropped"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(decap_counter(bed.real(1), &pins1.0, lb_common::DECAP_DECAPSULATED), decapsulated_before);
+    assert_eq!(
+        decap_counter(bed.real(1), &pins1.0, lb_common::DECAP_DECAPSULATED),
+        decapsulated_before
+    );
 
     // teardown restores every real.
     drop(director);
@@ -404,7 +595,11 @@ fn traffic_through_reals_configured_only_by_setup() {
         assert!(o.status.success(), "real{}: {:?}", i + 1, text(&o));
         assert!(!has_addr(ns, "lo", VIP, 32));
         assert!(!pins.0.exists());
-        let after = ["net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce"].map(|k| ns.sysctl_read(k).unwrap());
+        let after = [
+            "net.ipv4.conf.all.arp_ignore",
+            "net.ipv4.conf.all.arp_announce",
+        ]
+        .map(|k| ns.sysctl_read(k).unwrap());
         assert_eq!(after, before[i]);
     }
 }
@@ -432,37 +627,86 @@ fn teardown(rs: &Rs) {
 fn finding_decap_missing_xdp() {
     let rs = Rs::new("fdm");
     rs.ns.add_addr("lo", VIP, 32).unwrap();
-    rs.ns.sysctl_write("net.ipv4.conf.all.rp_filter", "0").unwrap();
-    rs.ns.sysctl_write("net.ipv4.conf.eth0.rp_filter", "0").unwrap();
-    rs.ns.sysctl_write("net.ipv4.conf.all.arp_ignore", "1").unwrap();
-    rs.ns.sysctl_write("net.ipv4.conf.all.arp_announce", "2").unwrap();
+    rs.ns
+        .sysctl_write("net.ipv4.conf.all.rp_filter", "0")
+        .unwrap();
+    rs.ns
+        .sysctl_write("net.ipv4.conf.eth0.rp_filter", "0")
+        .unwrap();
+    rs.ns
+        .sysctl_write("net.ipv4.conf.all.arp_ignore", "1")
+        .unwrap();
+    rs.ns
+        .sysctl_write("net.ipv4.conf.all.arp_announce", "2")
+        .unwrap();
     let (exit, v) = rs.check(&[]);
     assert_eq!(exit, 1);
     assert_eq!(error_codes(&v), vec!["decap-missing"], "{v:#}");
     let f = finding(&v, "decap-missing");
-    assert!(f["message"].as_str().unwrap().contains("XDP decapsulation is not attached"), "{f}");
-    assert!(f["fix"].as_str().unwrap().starts_with("lbadm realserver setup --decap xdp --director DIRECTOR --vip 198.18.0.100 --iface eth0"), "{f}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("XDP decapsulation is not attached"),
+        "{f}"
+    );
+    assert!(
+        f["fix"].as_str().unwrap().starts_with(
+            "lbadm realserver setup --decap xdp --director DIRECTOR --vip 198.18.0.100 --iface eth0"
+        ),
+        "{f}"
+    );
 }
 
 #[test]
 fn finding_decap_missing_or_down_tunl0() {
     let rs = Rs::new("fdt");
     rs.ns.add_addr("lo", VIP, 32).unwrap();
-    rs.ns.sysctl_write("net.ipv4.conf.all.rp_filter", "0").unwrap();
-    rs.ns.sysctl_write("net.ipv4.conf.eth0.rp_filter", "0").unwrap();
-    rs.ns.sysctl_write("net.ipv4.conf.all.arp_ignore", "1").unwrap();
-    rs.ns.sysctl_write("net.ipv4.conf.all.arp_announce", "2").unwrap();
-    let has_ipip = rs.ns.run(lb_userspace::realserver::kernel_has_ipip).unwrap();
-    let o = rs.lbadm(&["check", "--decap", "tunl0", "--vip", "198.18.0.100", "--iface", "eth0", "--json"]);
+    rs.ns
+        .sysctl_write("net.ipv4.conf.all.rp_filter", "0")
+        .unwrap();
+    rs.ns
+        .sysctl_write("net.ipv4.conf.eth0.rp_filter", "0")
+        .unwrap();
+    rs.ns
+        .sysctl_write("net.ipv4.conf.all.arp_ignore", "1")
+        .unwrap();
+    rs.ns
+        .sysctl_write("net.ipv4.conf.all.arp_announce", "2")
+        .unwrap();
+    let has_ipip = rs
+        .ns
+        .run(lb_userspace::realserver::kernel_has_ipip)
+        .unwrap();
+    let o = rs.lbadm(&[
+        "check",
+        "--decap",
+        "tunl0",
+        "--vip",
+        "198.18.0.100",
+        "--iface",
+        "eth0",
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     if has_ipip {
         // Loading ipip created a (down) tunl0 in this namespace.
         assert_eq!(error_codes(&v), vec!["decap-down"], "{v:#}");
-        assert!(finding(&v, "decap-down")["message"].as_str().unwrap().contains("tunl0 is down"));
+        assert!(
+            finding(&v, "decap-down")["message"]
+                .as_str()
+                .unwrap()
+                .contains("tunl0 is down")
+        );
     } else {
         assert_eq!(error_codes(&v), vec!["decap-missing"], "{v:#}");
-        assert!(finding(&v, "decap-missing")["message"].as_str().unwrap().contains("there is no tunl0"));
+        assert!(
+            finding(&v, "decap-missing")["message"]
+                .as_str()
+                .unwrap()
+                .contains("there is no tunl0")
+        );
         println!("decap-down: skipped: this kernel has no ipip (CONFIG_NET_IPIP)");
     }
     // The (empty) nftables ruleset was read: no IPIP finding and nothing left unchecked.
@@ -473,15 +717,33 @@ fn finding_decap_missing_or_down_tunl0() {
 fn finding_ipip_blocked() {
     let rs = Rs::new("fib");
     let nft = |rule: &str| {
-        let o = rs.ns.command("nft").arg(rule).output().expect("nft (cargo xtask setup installs nftables)");
-        assert!(o.status.success(), "nft {rule}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = rs
+            .ns
+            .command("nft")
+            .arg(rule)
+            .output()
+            .expect("nft (cargo xtask setup installs nftables)");
+        assert!(
+            o.status.success(),
+            "nft {rule}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
     nft("add table ip filter");
     nft("add chain ip filter input { type filter hook input priority 0; }");
     nft("add chain ip filter output { type filter hook output priority 0; }");
     // Outbound IPIP is none of a real server's business: not reported.
     nft("add rule ip filter output ip protocol 4 drop");
-    let check = ["check", "--decap", "tunl0", "--vip", "198.18.0.100", "--iface", "eth0", "--json"];
+    let check = [
+        "check",
+        "--decap",
+        "tunl0",
+        "--vip",
+        "198.18.0.100",
+        "--iface",
+        "eth0",
+        "--json",
+    ];
     let v: Value = serde_json::from_slice(&rs.lbadm(&check).stdout).unwrap();
     assert!(!codes(&v).contains(&"ipip-blocked".to_string()), "{v:#}");
     nft("add rule ip filter input ip protocol 4 counter drop");
@@ -508,7 +770,13 @@ fn finding_ipip_blocked() {
         "{v:#}"
     );
     let f = finding(&v, "ipip-blocked");
-    assert!(f["fix"].as_str().unwrap().contains("ip protocol 4 ip saddr DIRECTOR accept"), "{f}");
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ip protocol 4 ip saddr DIRECTOR accept"),
+        "{f}"
+    );
     // The human-readable form says the same.
     let o = rs.lbadm(&check[..check.len() - 1]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("error [ipip-blocked]"));
@@ -516,20 +784,45 @@ fn finding_ipip_blocked() {
 
 #[test]
 fn finding_vip_missing() {
-    let (rs, v) = only_finding("fvm", "vip-missing", |rs| rs.ns.del_addr("lo", VIP, 32).unwrap());
+    let (rs, v) = only_finding("fvm", "vip-missing", |rs| {
+        rs.ns.del_addr("lo", VIP, 32).unwrap()
+    });
     let f = finding(&v, "vip-missing");
     assert_eq!(f["message"], "VIP 198.18.0.100 is not on any interface");
-    assert!(f["fix"].as_str().unwrap().contains("ip addr add 198.18.0.100/32 dev lo"), "{f}");
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ip addr add 198.18.0.100/32 dev lo"),
+        "{f}"
+    );
     teardown(&rs);
 }
 
 #[test]
 fn finding_vip_wrong_device() {
-    let (rs, v) = only_finding("fvw", "vip-wrong-device", |rs| rs.ns.add_addr("eth0", VIP, 24).unwrap());
+    let (rs, v) = only_finding("fvw", "vip-wrong-device", |rs| {
+        rs.ns.add_addr("eth0", VIP, 24).unwrap()
+    });
     let f = finding(&v, "vip-wrong-device");
-    assert_eq!(f["message"], "VIP 198.18.0.100 is configured as 198.18.0.100/24 on eth0");
-    assert!(f["why"].as_str().unwrap().contains("answers ARP for the VIP"), "{f}");
-    assert!(f["fix"].as_str().unwrap().starts_with("ip addr del 198.18.0.100/24 dev eth0; then lbadm realserver setup"), "{f}");
+    assert_eq!(
+        f["message"],
+        "VIP 198.18.0.100 is configured as 198.18.0.100/24 on eth0"
+    );
+    assert!(
+        f["why"]
+            .as_str()
+            .unwrap()
+            .contains("answers ARP for the VIP"),
+        "{f}"
+    );
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("ip addr del 198.18.0.100/24 dev eth0; then lbadm realserver setup"),
+        "{f}"
+    );
     rs.ns.del_addr("eth0", VIP, 24).unwrap();
     // A non-/32 prefix on the right device is wrong too (connected route).
     rs.ns.del_addr("lo", VIP, 32).unwrap();
@@ -537,7 +830,12 @@ fn finding_vip_wrong_device() {
     let (exit, v) = rs.check(&[]);
     assert_eq!(exit, 1);
     assert_eq!(error_codes(&v), vec!["vip-wrong-device"], "{v:#}");
-    assert!(finding(&v, "vip-wrong-device")["why"].as_str().unwrap().contains("connected route"));
+    assert!(
+        finding(&v, "vip-wrong-device")["why"]
+            .as_str()
+            .unwrap()
+            .contains("connected route")
+    );
     rs.ns.del_addr("lo", VIP, 24).unwrap();
     teardown(&rs);
 }
@@ -546,18 +844,39 @@ fn finding_vip_wrong_device() {
 fn finding_rp_filter_strict() {
     // Setup left all=2 and eth0=2; the kernel uses the larger, so both must go back to 1.
     let (rs, v) = only_finding("frp", "rp-filter-strict", |rs| {
-        rs.ns.sysctl_write("net.ipv4.conf.all.rp_filter", "1").unwrap();
-        rs.ns.sysctl_write("net.ipv4.conf.eth0.rp_filter", "1").unwrap();
+        rs.ns
+            .sysctl_write("net.ipv4.conf.all.rp_filter", "1")
+            .unwrap();
+        rs.ns
+            .sysctl_write("net.ipv4.conf.eth0.rp_filter", "1")
+            .unwrap();
     });
     let f = finding(&v, "rp-filter-strict");
-    assert!(f["message"].as_str().unwrap().contains("effective rp_filter 1"), "{f}");
-    assert!(f["fix"].as_str().unwrap().contains("net.ipv4.conf.eth0.rp_filter=2 net.ipv4.conf.all.rp_filter=2"), "{f}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("effective rp_filter 1"),
+        "{f}"
+    );
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap()
+            .contains("net.ipv4.conf.eth0.rp_filter=2 net.ipv4.conf.all.rp_filter=2"),
+        "{f}"
+    );
     // rp_filter 0 on eth0 does not help while all=1: still strict.
-    rs.ns.sysctl_write("net.ipv4.conf.eth0.rp_filter", "0").unwrap();
+    rs.ns
+        .sysctl_write("net.ipv4.conf.eth0.rp_filter", "0")
+        .unwrap();
     assert!(error_codes(&rs.check(&[]).1).contains(&"rp-filter-strict".to_string()));
     // Setup repairs it (a second setup after a drift is not a no-op).
     let out = text(&rs.setup_xdp()).0;
-    assert!(out.contains("set net.ipv4.conf.all.rp_filter = 2 (was 1)"), "{out}");
+    assert!(
+        out.contains("set net.ipv4.conf.all.rp_filter = 2 (was 1)"),
+        "{out}"
+    );
     assert_eq!(rs.check(&[]).0, 0);
     teardown(&rs);
     assert_eq!(rs.sysctl("net.ipv4.conf.all.rp_filter"), "1");
@@ -566,10 +885,18 @@ fn finding_rp_filter_strict() {
 #[test]
 fn finding_arp_answers_vip() {
     let (rs, v) = only_finding("farp", "arp-answers-vip", |rs| {
-        rs.ns.sysctl_write("net.ipv4.conf.all.arp_ignore", "0").unwrap()
+        rs.ns
+            .sysctl_write("net.ipv4.conf.all.arp_ignore", "0")
+            .unwrap()
     });
     let f = finding(&v, "arp-answers-vip");
-    assert!(f["message"].as_str().unwrap().contains("effective arp_ignore 0 (needs >= 1), arp_announce 2"), "{f}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("effective arp_ignore 0 (needs >= 1), arp_announce 2"),
+        "{f}"
+    );
     assert!(f["fix"].as_str().unwrap().contains("arp_ignore=1"), "{f}");
     teardown(&rs);
 }
@@ -583,8 +910,17 @@ fn finding_mtu_too_small_is_a_warning() {
     assert_eq!(exit, 0, "{v:#}");
     let f = finding(&v, "mtu-too-small");
     assert_eq!(f["severity"], "warning");
-    assert!(f["message"].as_str().unwrap().contains("eth0 has MTU 1500 (< 1520)"), "{f}");
-    assert!(f["why"].as_str().unwrap().contains("path-MTU discovery"), "{f}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("eth0 has MTU 1500 (< 1520)"),
+        "{f}"
+    );
+    assert!(
+        f["why"].as_str().unwrap().contains("path-MTU discovery"),
+        "{f}"
+    );
     let (exit, _) = rs.check(&["--strict"]);
     assert_eq!(exit, 1);
     rs.ns.set_mtu("eth0", 1520).unwrap();
@@ -592,8 +928,19 @@ fn finding_mtu_too_small_is_a_warning() {
     assert_eq!(exit, 0, "{v:#}");
     assert!(codes(&v).is_empty(), "{v:#}");
     // ipip-blocked cannot happen in XDP mode (XDP runs before netfilter).
-    let ipip = v["not_checked"].as_array().unwrap().iter().find(|n| n["code"] == "ipip-blocked").unwrap();
-    assert!(ipip["reason"].as_str().unwrap().starts_with("not applicable"), "{ipip}");
+    let ipip = v["not_checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["code"] == "ipip-blocked")
+        .unwrap();
+    assert!(
+        ipip["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not applicable"),
+        "{ipip}"
+    );
     teardown(&rs);
 }
 
@@ -602,24 +949,56 @@ fn finding_mtu_too_small_is_a_warning() {
 #[test]
 fn tunl0_setup_check_teardown_or_a_clear_error_without_ipip() {
     let rs = Rs::new("tunl0");
-    let has_ipip = rs.ns.run(lb_userspace::realserver::kernel_has_ipip).unwrap();
-    let setup = ["setup", "--decap", "tunl0", "--vip", "198.18.0.100", "--iface", "eth0"];
+    let has_ipip = rs
+        .ns
+        .run(lb_userspace::realserver::kernel_has_ipip)
+        .unwrap();
+    let setup = [
+        "setup",
+        "--decap",
+        "tunl0",
+        "--vip",
+        "198.18.0.100",
+        "--iface",
+        "eth0",
+    ];
     if !has_ipip {
         // The operator gets one line naming the cause and the way out, and nothing changes.
-        assert_one_line_error(&rs.lbadm(&setup), &["no ipip driver (CONFIG_NET_IPIP)", "--decap xdp"]);
+        assert_one_line_error(
+            &rs.lbadm(&setup),
+            &["no ipip driver (CONFIG_NET_IPIP)", "--decap xdp"],
+        );
         assert!(!rs.files.state().exists() && !rs.files.sysctl().exists());
         assert_eq!(rs.sysctl("net.ipv4.conf.all.arp_ignore"), "0");
-        assert!(rs.ns.ipv4_addrs("lo").unwrap().iter().all(|(a, _)| *a != VIP));
+        assert!(
+            rs.ns
+                .ipv4_addrs("lo")
+                .unwrap()
+                .iter()
+                .all(|(a, _)| *a != VIP)
+        );
         println!("skipped: this kernel has no ipip (CONFIG_NET_IPIP)");
         return;
     }
-    let check = ["check", "--decap", "tunl0", "--vip", "198.18.0.100", "--iface", "eth0", "--json"];
+    let check = [
+        "check",
+        "--decap",
+        "tunl0",
+        "--vip",
+        "198.18.0.100",
+        "--iface",
+        "eth0",
+        "--json",
+    ];
     let o = rs.lbadm(&check);
     assert_eq!(o.status.code(), Some(1));
     let o = rs.lbadm(&setup);
     assert!(o.status.success(), "{:?}", text(&o));
     let out = text(&o).0;
-    assert!(out.contains("brought tunl0 up") && out.contains("added 198.18.0.100/32 to tunl0"), "{out}");
+    assert!(
+        out.contains("brought tunl0 up") && out.contains("added 198.18.0.100/32 to tunl0"),
+        "{out}"
+    );
     assert!(has_addr(&rs.ns, "tunl0", VIP, 32));
     let o = rs.lbadm(&check);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();

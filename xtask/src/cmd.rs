@@ -73,6 +73,15 @@ impl Ctx {
 }
 
 /// Runs `cmd` quietly (stdin closed, output captured) and returns its output whatever its status.
+/// `apt-get ARGS`, non-interactive and without standard input.
+pub fn apt_get(args: &[&str]) -> Command {
+    let mut apt = Command::new("apt-get");
+    apt.args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(std::process::Stdio::null());
+    apt
+}
+
 pub fn output(cmd: &mut Command) -> Result<Output> {
     cmd.stdin(Stdio::null())
         .output()

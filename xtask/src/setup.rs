@@ -453,13 +453,7 @@ fn ensure_apt_packages(ctx: &Ctx) -> Result<()> {
         3,
         format_args!("Debian packages: missing {}; installing", missing.join(" ")),
     );
-    let apt_get = |args: &[&str]| {
-        let mut apt = Command::new("apt-get");
-        apt.args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null());
-        apt
-    };
+    let apt_get = cmd::apt_get;
     // Always refresh the lists first: on a fresh machine they may be missing or stale.
     ctx.run(&mut apt_get(&["-qq", "update"]))?;
     let mut install = Vec::new();

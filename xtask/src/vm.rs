@@ -170,13 +170,7 @@ fn ensure_host_packages(ctx: &Ctx, root: bool) -> Result<()> {
             )));
         }
         log(format_args!("installing {}", missing.join(" ")));
-        let apt_get = |args: &[&str]| {
-            let mut apt = Command::new("apt-get");
-            apt.args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdin(Stdio::null());
-            apt
-        };
+        let apt_get = cmd::apt_get;
         ctx.run(&mut apt_get(&["-qq", "update"]))
             .map_err(|e| unavailable(format!("apt-get update failed: {e:#}")))?;
         let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];

@@ -52,14 +52,21 @@ static NEXT_HOP: Array<NextHop> = Array::with_max_entries(1, 0);
 /// Next hop from the kernel's FIB and neighbour table, written into the frame.
 #[xdp]
 pub fn bench_fib(ctx: XdpContext) -> u32 {
-    let Some(nh) = NEXT_HOP.get(0) else { return xdp_action::XDP_ABORTED };
+    let Some(nh) = NEXT_HOP.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = 2;
     fib.l4_protocol = 4;
     fib.ifindex = ctx.ingress_ifindex() as u32;
     fib.__bindgen_anon_4.ipv4_dst = nh.dst;
     let rc = unsafe {
-        bpf_fib_lookup(ctx.ctx as *mut _, &mut fib, core::mem::size_of::<FibParams>() as i32, 0)
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
     };
     if rc as u32 != BPF_FIB_LKUP_RET_SUCCESS {
         return xdp_action::XDP_ABORTED;
@@ -70,13 +77,17 @@ pub fn bench_fib(ctx: XdpContext) -> u32 {
 /// Next hop from a map that userspace keeps current, written into the frame.
 #[xdp]
 pub fn bench_nhmap(ctx: XdpContext) -> u32 {
-    let Some(nh) = NEXT_HOP.get(0) else { return xdp_action::XDP_ABORTED };
+    let Some(nh) = NEXT_HOP.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
     set_macs(&ctx, nh.dmac, nh.smac)
 }
 
 #[inline(always)]
 fn set_macs(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6]) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return xdp_action::XDP_ABORTED };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return xdp_action::XDP_ABORTED;
+    };
     unsafe {
         (*eth).dst = dst;
         (*eth).src = src;

@@ -16,7 +16,9 @@ use lb_common::{
     DECAP_COUNTERS, DECAP_DECAPSULATED, DECAP_DROP_MALFORMED, DECAP_DROP_UNKNOWN_DIRECTOR,
     DECAP_DROP_UNKNOWN_VIP, DECAP_PASS_OTHER, IPPROTO_IPIP, MAX_DECAP_ENTRIES,
 };
-use lb_ebpf::hdr::{ETH_HLEN, ETH_P_8021Q, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, VLAN_HLEN, ptr_at};
+use lb_ebpf::hdr::{
+    ETH_HLEN, ETH_P_8021Q, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, VLAN_HLEN, ptr_at,
+};
 
 /// Directors allowed to send us tunnelled packets (outer source, network byte order).
 #[map(name = "DECAP_DIRS")]

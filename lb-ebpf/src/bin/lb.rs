@@ -8,7 +8,7 @@
 
 use aya_ebpf::{
     bindings::{
-            BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         TC_ACT_OK, bpf_fib_lookup as FibParams, bpf_redir_neigh, xdp_action,
     },
     helpers::{
@@ -21,12 +21,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use lb_common::{
-    Config, Conn, ConnKey, Counters, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, MAX_CONNS,
-    MAX_REALS, MAX_SERVICES, NEIGH_META_MAGIC, NeighMeta, REAL_F_IN_USE, REASON_COUNT, Real,
-    Reason, SCHED_MH, SCHED_SLOTS, SchedTable, Service, ServiceKey, conn_timeout_secs,
-    NEXTHOP_TTL_NS, NextHop, VIP_FILTER_WORDS, vip_filter_bit, CONN_F_PERSIST, MAX_PERSIST,
-    Persist, PersistKey,
-    CONN_CLOSE, CONN_ESTABLISHED, CONN_FIN_WAIT, CONN_SYN_RECV, CONN_UDP,
+    CONN_CLOSE, CONN_ESTABLISHED, CONN_F_PERSIST, CONN_FIN_WAIT, CONN_SYN_RECV, CONN_UDP, Config,
+    Conn, ConnKey, Counters, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, MAX_CONNS, MAX_PERSIST,
+    MAX_REALS, MAX_SERVICES, NEIGH_META_MAGIC, NEXTHOP_TTL_NS, NeighMeta, NextHop, Persist,
+    PersistKey, REAL_F_IN_USE, REASON_COUNT, Real, Reason, SCHED_MH, SCHED_SLOTS, SchedTable,
+    Service, ServiceKey, VIP_FILTER_WORDS, conn_timeout_secs, vip_filter_bit,
 };
 use lb_ebpf::{
     csum,
@@ -87,12 +86,18 @@ struct Verdict {
 
 #[inline(always)]
 fn pass(reason: Reason) -> Verdict {
-    Verdict { action: xdp_action::XDP_PASS, reason }
+    Verdict {
+        action: xdp_action::XDP_PASS,
+        reason,
+    }
 }
 
 #[inline(always)]
 fn discard(reason: Reason) -> Verdict {
-    Verdict { action: xdp_action::XDP_DROP, reason }
+    Verdict {
+        action: xdp_action::XDP_DROP,
+        reason,
+    }
 }
 
 #[xdp]
@@ -227,7 +232,8 @@ fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
     let (real_id, real, svc_id, event) = match established(&key, flags, now) {
         Ok((id, real)) => (id, real, real.service_id, Reason::TxForwarded),
         Err(hint) => {
-            let svc = lookup_service(pkt.daddr, dport, pkt.proto).ok_or(pass(Reason::PassNotService))?;
+            let svc =
+                lookup_service(pkt.daddr, dport, pkt.proto).ok_or(pass(Reason::PassNotService))?;
             match schedule_new(ctx, &key, &svc, flags, now, hint) {
                 Ok((id, real, event)) => {
                     debug!(
@@ -330,7 +336,12 @@ fn real_valid(id: u32, gen_: u32, svc_id: u32) -> Option<Real> {
 /// The service for a destination: the exact port, else a persistent port-0 service of the VIP.
 #[inline(always)]
 fn lookup_service(addr: u32, port: u16, proto: u8) -> Option<Service> {
-    let mut key = ServiceKey { addr, port, proto, _pad: 0 };
+    let mut key = ServiceKey {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    };
     if let Some(s) = SERVICES.get_ptr(&key) {
         return Some(unsafe { *s });
     }
@@ -345,8 +356,14 @@ fn lookup_service(addr: u32, port: u16, proto: u8) -> Option<Service> {
 fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Reason> {
     let tcp = key.proto == IPPROTO_TCP;
     let syn = tcp && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
-    let miss = if tcp && !syn { Reason::NonSynMiss } else { Reason::NewConn };
-    let Some(c) = CONNS.get_ptr_mut(key) else { return Err(miss) };
+    let miss = if tcp && !syn {
+        Reason::NonSynMiss
+    } else {
+        Reason::NewConn
+    };
+    let Some(c) = CONNS.get_ptr_mut(key) else {
+        return Err(miss);
+    };
     let conn = unsafe { &mut *c };
     let age = now.wrapping_sub(conn.last_seen_ns);
     if age > conn_timeout_secs(conn.state) * NS_PER_SEC {
@@ -357,13 +374,17 @@ fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Reason
     if syn && conn.state != CONN_SYN_RECV {
         return Err(Reason::NewConn);
     }
-    let real = real_valid(conn.real_id, conn.real_gen, conn.service_id).ok_or(Reason::Rescheduled)?;
+    let real =
+        real_valid(conn.real_id, conn.real_gen, conn.service_id).ok_or(Reason::Rescheduled)?;
     let state = next_state(key.proto, flags, conn.state);
     if state != conn.state || age > LAST_SEEN_SLACK_NS {
         conn.state = state;
         conn.last_seen_ns = now;
         if conn.flags & CONN_F_PERSIST != 0 {
-            let pk = PersistKey { service_id: conn.service_id, saddr: key.saddr };
+            let pk = PersistKey {
+                service_id: conn.service_id,
+                saddr: key.saddr,
+            };
             if let Some(t) = PERSIST.get_ptr_mut(&pk) {
                 unsafe { (*t).last_seen_ns = now };
             }
@@ -383,7 +404,10 @@ fn schedule_new(
     event: Reason,
 ) -> Result<(u32, Real, Reason), Reason> {
     let persistent = svc.persist_timeout > 0;
-    let pk = PersistKey { service_id: svc.id, saddr: key.saddr };
+    let pk = PersistKey {
+        service_id: svc.id,
+        saddr: key.saddr,
+    };
     let mut event = event;
     let (real_id, real) = match persistent.then(|| persisted(&pk, svc, now)).flatten() {
         Some(found) => {
@@ -393,7 +417,11 @@ fn schedule_new(
         None => {
             let (id, real) = schedule(key, svc)?;
             if persistent {
-                let t = Persist { real_id: id, real_gen: real.generation, last_seen_ns: now };
+                let t = Persist {
+                    real_id: id,
+                    real_gen: real.generation,
+                    last_seen_ns: now,
+                };
                 let _ = PERSIST.insert(&pk, &t, 0);
             }
             (id, real)
@@ -412,7 +440,12 @@ fn schedule_new(
         };
         if CONNS.insert(key, &conn, 0).is_err() {
             bump(Reason::ConnInsertFail);
-            warn!(ctx, "connection table insert failed for {:i}:{}", u32::from_be(key.saddr), u16::from_be(key.sport));
+            warn!(
+                ctx,
+                "connection table insert failed for {:i}:{}",
+                u32::from_be(key.saddr),
+                u16::from_be(key.sport)
+            );
         }
     }
     Ok((real_id, real, event))
@@ -439,7 +472,9 @@ fn persisted(pk: &PersistKey, svc: &Service, now: u64) -> Option<(u32, Real)> {
 /// Picks a real for a new connection from the service's live scheduling table.
 #[inline(always)]
 fn schedule(key: &ConnKey, svc: &Service) -> Result<(u32, Real), Reason> {
-    let table = TABLES.get(svc.id * 2 + (svc.table & 1)).ok_or(Reason::NoRealUnreach)?;
+    let table = TABLES
+        .get(svc.id * 2 + (svc.table & 1))
+        .ok_or(Reason::NoRealUnreach)?;
     let len = table.len;
     if len == 0 || len as usize > SCHED_SLOTS {
         return Err(Reason::NoRealUnreach);
@@ -475,10 +510,19 @@ fn mh_hash(addr: u32) -> u32 {
 
 /// Where an encapsulated packet goes next.
 enum Hop {
-    Ready { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    Ready {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
     /// Route known, neighbour not resolved yet.
-    Unresolved { ifindex: u32, nexthop: u32 },
-    FragNeeded { mtu: u32 },
+    Unresolved {
+        ifindex: u32,
+        nexthop: u32,
+    },
+    FragNeeded {
+        mtu: u32,
+    },
 }
 
 /// The next hop towards a real: this CPU's cached answer when it is fresh, else
@@ -496,11 +540,18 @@ fn next_hop(
     let cache = NEXTHOPS.get_ptr_mut(real_id);
     if let Some(c) = cache {
         let c = unsafe { &*c };
-        if c.stamp_ns != 0 && c.real_gen == real.generation && now.wrapping_sub(c.stamp_ns) < NEXTHOP_TTL_NS {
+        if c.stamp_ns != 0
+            && c.real_gen == real.generation
+            && now.wrapping_sub(c.stamp_ns) < NEXTHOP_TTL_NS
+        {
             if outer_len > c.mtu {
                 return Ok(Hop::FragNeeded { mtu: c.mtu });
             }
-            return Ok(Hop::Ready { ifindex: c.ifindex, smac: c.smac, dmac: c.dmac });
+            return Ok(Hop::Ready {
+                ifindex: c.ifindex,
+                smac: c.smac,
+                dmac: c.dmac,
+            });
         }
     }
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
@@ -535,15 +586,19 @@ fn next_hop(
                     };
                 }
             }
-            Ok(Hop::Ready { ifindex: fib.ifindex, smac: fib.smac, dmac: fib.dmac })
+            Ok(Hop::Ready {
+                ifindex: fib.ifindex,
+                smac: fib.smac,
+                dmac: fib.dmac,
+            })
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::Unresolved {
             ifindex: fib.ifindex,
             nexthop: unsafe { fib.__bindgen_anon_4.ipv4_dst },
         }),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            Ok(Hop::FragNeeded { mtu: unsafe { fib.__bindgen_anon_1.mtu_result } as u32 })
-        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(Hop::FragNeeded {
+            mtu: unsafe { fib.__bindgen_anon_1.mtu_result } as u32,
+        }),
         _ => Err(discard(Reason::DropNoRoute)),
     }
 }
@@ -579,13 +634,23 @@ fn encapsulate(
             u32::from_be(pkt.saddr),
             mtu,
             u32::from_be(real_addr),
-            if df { "fragmentation-needed sent" } else { "dropped (no DF)" }
+            if df {
+                "fragmentation-needed sent"
+            } else {
+                "dropped (no DF)"
+            }
         );
         if !df {
             return Err(discard(Reason::DropTooBig));
         }
         let inner_mtu = mtu.saturating_sub(IPV4_HLEN as u32) as u16;
-        return icmp_reply(ctx, pkt, ICMP_FRAG_NEEDED, inner_mtu, Reason::IcmpFragNeeded);
+        return icmp_reply(
+            ctx,
+            pkt,
+            ICMP_FRAG_NEEDED,
+            inner_mtu,
+            Reason::IcmpFragNeeded,
+        );
     }
 
     // Make room in front, then slide the L2 header (with its VLAN tag) back to the start.
@@ -624,7 +689,11 @@ fn encapsulate(
     unsafe { *outer = core::mem::transmute::<Ipv4Hdr, [u16; 10]>(h) };
 
     let (ifindex, smac, dmac) = match hop {
-        Hop::Ready { ifindex, smac, dmac } => (ifindex, smac, dmac),
+        Hop::Ready {
+            ifindex,
+            smac,
+            dmac,
+        } => (ifindex, smac, dmac),
         Hop::Unresolved { ifindex, nexthop } => return hand_to_tc(ctx, ifindex, nexthop),
         Hop::FragNeeded { .. } => return Err(discard(Reason::DropTooBig)),
     };
@@ -635,10 +704,16 @@ fn encapsulate(
     // A tagged frame goes back out of the port it came in on: the VLAN sub-interface the route
     // names cannot transmit XDP frames.
     if ifindex == ctx.ingress_ifindex() as u32 || pkt.vlan {
-        Ok(Verdict { action: xdp_action::XDP_TX, reason: Reason::TxForwarded })
+        Ok(Verdict {
+            action: xdp_action::XDP_TX,
+            reason: Reason::TxForwarded,
+        })
     } else {
         let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
-        Ok(Verdict { action, reason: Reason::RedirectForwarded })
+        Ok(Verdict {
+            action,
+            reason: Reason::RedirectForwarded,
+        })
     }
 }
 
@@ -647,7 +722,11 @@ fn encapsulate(
 /// neighbour and queues the packet meanwhile.
 #[inline(always)]
 fn hand_to_tc(ctx: &XdpContext, ifindex: u32, nexthop: u32) -> Result<Verdict, Verdict> {
-    debug!(ctx, "neighbour {:i} not resolved: handed to TC", u32::from_be(nexthop));
+    debug!(
+        ctx,
+        "neighbour {:i} not resolved: handed to TC",
+        u32::from_be(nexthop)
+    );
     let sz = core::mem::size_of::<NeighMeta>() as i32;
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -sz) } != 0 {
         return Err(discard(Reason::DropAdjust));
@@ -657,7 +736,11 @@ fn hand_to_tc(ctx: &XdpContext, ifindex: u32, nexthop: u32) -> Result<Verdict, V
         return Err(discard(Reason::DropAdjust));
     }
     unsafe {
-        *(meta as *mut NeighMeta) = NeighMeta { magic: NEIGH_META_MAGIC, ifindex, nexthop };
+        *(meta as *mut NeighMeta) = NeighMeta {
+            magic: NEIGH_META_MAGIC,
+            ifindex,
+            nexthop,
+        };
     }
     Ok(pass(Reason::PassNoNeigh))
 }
@@ -715,7 +798,11 @@ fn icmp_reply(
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(discard(Reason::DropAdjust))?;
     unsafe {
         let o = *old;
-        *eth = EthHdr { dst: o.src, src: o.dst, proto: o.proto };
+        *eth = EthHdr {
+            dst: o.src,
+            src: o.dst,
+            proto: o.proto,
+        };
     }
     if pkt.vlan {
         let tag: *mut [u8; VLAN_HLEN] = ptr_at(ctx, ETH_HLEN).ok_or(discard(Reason::DropAdjust))?;
@@ -767,7 +854,10 @@ fn icmp_reply(
         i += 1;
     }
     unsafe { (*icmp).check = csum::fold(sum) };
-    Ok(Verdict { action: xdp_action::XDP_TX, reason })
+    Ok(Verdict {
+        action: xdp_action::XDP_TX,
+        reason,
+    })
 }
 
 /// An ICMP error about a VIP connection (fragmentation needed on the client's path, for one)
@@ -789,7 +879,8 @@ fn forward_icmp_error(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict
     if quoted.proto != IPPROTO_TCP && quoted.proto != IPPROTO_UDP {
         return Err(pass(Reason::PassNotService));
     }
-    let ports: *const UdpHdr = ptr_at(ctx, (lb_ebpf::opaque((q + qihl) as u32) & 0xff) as usize).ok_or(pass(Reason::PassNotService))?;
+    let ports: *const UdpHdr = ptr_at(ctx, (lb_ebpf::opaque((q + qihl) as u32) & 0xff) as usize)
+        .ok_or(pass(Reason::PassNotService))?;
     let (qsport, qdport) = unsafe { ((*ports).sport, (*ports).dport) };
     // The quoted packet went from the VIP to the client: reverse it to get the connection.
     let key = ConnKey {
@@ -807,7 +898,9 @@ fn forward_icmp_error(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict
     };
     let real = real_valid(conn.real_id, conn.real_gen, conn.service_id)
         .ok_or(pass(Reason::PassNotService))?;
-    let v = encapsulate(ctx, pkt, conn.real_id, &real, unsafe { bpf_ktime_get_coarse_ns() })?;
+    let v = encapsulate(ctx, pkt, conn.real_id, &real, unsafe {
+        bpf_ktime_get_coarse_ns()
+    })?;
     bump(Reason::IcmpForwarded);
     Ok(v)
 }

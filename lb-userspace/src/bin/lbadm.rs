@@ -9,7 +9,11 @@ use lb_userspace::{datapath, decap, realserver, services::Maps};
 use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 
 #[derive(Parser)]
-#[command(name = "lbadm", version, about = "Layer-4 load balancer (LVS-TUN) on XDP")]
+#[command(
+    name = "lbadm",
+    version,
+    about = "Layer-4 load balancer (LVS-TUN) on XDP"
+)]
 struct Cli {
     /// bpffs directory holding the pinned maps and links.
     #[arg(long, global = true, env = "LBADM_PIN_DIR", default_value = datapath::DEFAULT_PIN_DIR)]
@@ -122,13 +126,24 @@ enum RealserverCmd {
 }
 
 /// The words that select lbadm's own commands; any other first argument is ipvsadm grammar.
-const SUBCOMMANDS: &[&str] = &["attach", "detach", "status", "log", "realserver", "daemon", "help"];
+const SUBCOMMANDS: &[&str] = &[
+    "attach",
+    "detach",
+    "status",
+    "log",
+    "realserver",
+    "daemon",
+    "help",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let first = args.get(1).map(String::as_str);
     let is_sub = first.is_some_and(|a| SUBCOMMANDS.contains(&a))
-        || (first == Some("--pin-dir") && args.get(3).is_some_and(|a| SUBCOMMANDS.contains(&a.as_str())));
+        || (first == Some("--pin-dir")
+            && args
+                .get(3)
+                .is_some_and(|a| SUBCOMMANDS.contains(&a.as_str())));
     if !is_sub {
         return ipvsadm(&args);
     }
@@ -150,7 +165,8 @@ fn ipvsadm(args: &[String]) -> ExitCode {
     let pin_dir = std::env::var_os("LBADM_PIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(datapath::DEFAULT_PIN_DIR));
-    let out = lb_userspace::ipvsadm_command::run(&program, &args[1..], &pin_dir, &mut std::io::stdin());
+    let out =
+        lb_userspace::ipvsadm_command::run(&program, &args[1..], &pin_dir, &mut std::io::stdin());
     use std::io::Write as _;
     let _ = std::io::stdout().write_all(out.stdout.as_bytes());
     let _ = std::io::stderr().write_all(out.stderr.as_bytes());
@@ -160,7 +176,12 @@ fn ipvsadm(args: &[String]) -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Realserver { cmd } => return run_realserver(cmd),
-        Cmd::Attach { iface, tunnel_source, generic, log_level } => {
+        Cmd::Attach {
+            iface,
+            tunnel_source,
+            generic,
+            log_level,
+        } => {
             let r = datapath::attach(&datapath::AttachOptions {
                 iface: iface.clone(),
                 pin_dir: cli.pin_dir.clone(),
@@ -191,12 +212,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Cmd::Status { json, status_file } => status(&cli.pin_dir, json, &status_file)?,
-        Cmd::Daemon { config, check_config } => {
+        Cmd::Daemon {
+            config,
+            check_config,
+        } => {
             if check_config {
                 return Ok(match lb_userspace::config::load(&config) {
                     Ok(c) => {
                         let reals: usize = c.services.iter().map(|s| s.reals.len()).sum();
-                        println!("{}: valid ({} services, {reals} reals)", config.display(), c.services.len());
+                        println!(
+                            "{}: valid ({} services, {reals} reals)",
+                            config.display(),
+                            c.services.len()
+                        );
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
@@ -205,7 +233,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            lb_userspace::daemon::run(lb_userspace::daemon::Options { config, pin_dir: cli.pin_dir.clone() })?;
+            lb_userspace::daemon::run(lb_userspace::daemon::Options {
+                config,
+                pin_dir: cli.pin_dir.clone(),
+            })?;
         }
         Cmd::Log => stream_log(&cli.pin_dir)?,
     }
@@ -214,7 +245,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn run_realserver(cmd: RealserverCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        RealserverCmd::Setup { vip, decap, iface, director, sysctl_file, state_file, decap_pin_dir } => {
+        RealserverCmd::Setup {
+            vip,
+            decap,
+            iface,
+            director,
+            sysctl_file,
+            state_file,
+            decap_pin_dir,
+        } => {
             let r = realserver::setup(&realserver::SetupOptions {
                 vips: vip,
                 decap,
@@ -237,14 +276,31 @@ fn run_realserver(cmd: RealserverCmd) -> anyhow::Result<ExitCode> {
                 println!("effective {what}: {v}");
             }
         }
-        RealserverCmd::Teardown { state_file, sysctl_file } => {
+        RealserverCmd::Teardown {
+            state_file,
+            sysctl_file,
+        } => {
             let r = realserver::teardown(&state_file, sysctl_file.as_deref())?;
             for c in &r.changes {
                 println!("{c}");
             }
         }
-        RealserverCmd::Check { vip, decap, iface, state_file, decap_pin_dir, strict, json } => {
-            let r = realserver::check(&realserver::CheckOptions { vips: vip, decap, iface, state_file, decap_pin_dir })?;
+        RealserverCmd::Check {
+            vip,
+            decap,
+            iface,
+            state_file,
+            decap_pin_dir,
+            strict,
+            json,
+        } => {
+            let r = realserver::check(&realserver::CheckOptions {
+                vips: vip,
+                decap,
+                iface,
+                state_file,
+                decap_pin_dir,
+            })?;
             let healthy = r.healthy(strict);
             if json {
                 let mut v = serde_json::to_value(&r)?;
@@ -263,22 +319,39 @@ fn run_realserver(cmd: RealserverCmd) -> anyhow::Result<ExitCode> {
                 for n in &r.not_checked {
                     println!("note [{}]: {}", n.code, n.reason);
                 }
-                let vips = r.vips.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+                let vips = r
+                    .vips
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 println!(
                     "{}: --decap {} on {} for VIP {}",
                     if healthy { "healthy" } else { "NOT healthy" },
                     r.decap.name(),
                     r.iface,
-                    if vips.is_empty() { "(none)".into() } else { vips }
+                    if vips.is_empty() {
+                        "(none)".into()
+                    } else {
+                        vips
+                    }
                 );
             }
-            return Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            return Ok(if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(pin_dir: &std::path::Path, json: bool, status_file: &std::path::Path) -> anyhow::Result<()> {
+fn status(
+    pin_dir: &std::path::Path,
+    json: bool,
+    status_file: &std::path::Path,
+) -> anyhow::Result<()> {
     // The daemon's view of health, when it has written one.
     let health: Option<serde_json::Value> = std::fs::read(status_file)
         .ok()
@@ -287,7 +360,11 @@ fn status(pin_dir: &std::path::Path, json: bool, status_file: &std::path::Path) 
     let cfg = maps.config()?;
     let iface = datapath::ifname(cfg.ifindex).unwrap_or_else(|| format!("ifindex {}", cfg.ifindex));
     let attached = datapath::is_attached(pin_dir);
-    let mode = if cfg.attach & lb_common::ATTACH_XDP_GENERIC != 0 { "generic" } else { "native" };
+    let mode = if cfg.attach & lb_common::ATTACH_XDP_GENERIC != 0 {
+        "generic"
+    } else {
+        "native"
+    };
     let reasons = maps.reasons().context("reading counters")?;
     let services = maps.read()?;
     if json {
@@ -306,7 +383,11 @@ fn status(pin_dir: &std::path::Path, json: bool, status_file: &std::path::Path) 
     }
     println!(
         "data path: {} on {iface} ({mode} XDP), tunnel source {}",
-        if attached { "attached" } else { "NOT attached (maps only)" },
+        if attached {
+            "attached"
+        } else {
+            "NOT attached (maps only)"
+        },
         Ipv4Addr::from(cfg.tunnel_src.to_ne_bytes())
     );
     println!("pin dir:   {}", pin_dir.display());
@@ -343,7 +424,10 @@ fn print_health(h: &serde_json::Value, file: &std::path::Path) {
         );
         for r in s["reals"].as_array().into_iter().flatten() {
             let since = now - r["since"].as_f64().unwrap_or(now);
-            let latency = r["latency_ms"].as_f64().map(|l| format!(", {l:.1} ms")).unwrap_or_default();
+            let latency = r["latency_ms"]
+                .as_f64()
+                .map(|l| format!(", {l:.1} ms"))
+                .unwrap_or_default();
             println!(
                 "    -> {:<15} {:<4} weight {:<5} {} for {since:.0}s, last check: {}{latency}",
                 r["address"].as_str().unwrap_or("?"),
@@ -366,7 +450,11 @@ fn stream_log(pin_dir: &std::path::Path) -> anyhow::Result<()> {
         .context("the data path was built without its log buffer")?;
     use std::os::fd::AsRawFd as _;
     loop {
-        let mut pfd = libc::pollfd { fd: logger.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: logger.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         if unsafe { libc::poll(&mut pfd, 1, 1000) } < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {

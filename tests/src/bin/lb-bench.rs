@@ -14,7 +14,9 @@ use aya::{
 };
 use lb_common::{Config, ip_be};
 use lb_tests::{
-    fixture::{self, CLIENT, DIRECTOR, REAL1, REAL1_MAC, REAL2, VIP, XDP_PASS, XDP_TX, test_run_fd},
+    fixture::{
+        self, CLIENT, DIRECTOR, REAL1, REAL1_MAC, REAL2, VIP, XDP_PASS, XDP_TX, test_run_fd,
+    },
     packet::{self, TCP_ACK, TCP_PSH, TCP_SYN},
 };
 use lb_userspace::{
@@ -51,7 +53,10 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { repeat: 200_000, rounds: 9 };
+    let mut a = Args {
+        repeat: 200_000,
+        rounds: 9,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -75,7 +80,10 @@ fn main() -> Result<()> {
 }
 
 fn xdp<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    Ok(bpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?)
+    Ok(bpf
+        .program_mut(name)
+        .with_context(|| format!("{name} missing"))?
+        .try_into()?)
 }
 
 fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
@@ -86,28 +94,70 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
     let mut maps = Maps::open(&pins.0)?;
     maps.config.set(
         0,
-        Config { tunnel_src: ip_be(DIRECTOR.octets()), nr_cpus: 1, ..Default::default() },
+        Config {
+            tunnel_src: ip_be(DIRECTOR.octets()),
+            nr_cpus: 1,
+            ..Default::default()
+        },
         0,
     )?;
     maps.apply(&[VirtualService {
-        id: ServiceId { proto: Protocol::Tcp, addr: VIP, port: 6033 },
+        id: ServiceId {
+            proto: Protocol::Tcp,
+            addr: VIP,
+            port: 6033,
+        },
         sched: Scheduler::Wrr,
         persistence: 0,
-        reals: vec![RealServer { addr: REAL1, weight: 3 }, RealServer { addr: REAL2, weight: 1 }],
+        reals: vec![
+            RealServer {
+                addr: REAL1,
+                weight: 3,
+            },
+            RealServer {
+                addr: REAL2,
+                weight: 1,
+            },
+        ],
     }])?;
 
     let mut bench = Ebpf::load(lb_userspace::objects::BENCH)?;
-    for name in ["bench_empty", "bench_floor", "bench_wrapper", "bench_fib", "bench_nhmap"] {
-        xdp(&mut bench, name)?.load().with_context(|| format!("loading {name}"))?;
+    for name in [
+        "bench_empty",
+        "bench_floor",
+        "bench_wrapper",
+        "bench_fib",
+        "bench_nhmap",
+    ] {
+        xdp(&mut bench, name)?
+            .load()
+            .with_context(|| format!("loading {name}"))?;
     }
     {
-        let mut nh: Array<&mut MapData, NextHop> = Array::try_from(bench.map_mut("BENCH_NH").context("BENCH_NH")?)?;
-        nh.set(0, NextHop { dst: ip_be(REAL1.octets()), ifindex, smac: mac, dmac: REAL1_MAC }, 0)?;
+        let mut nh: Array<&mut MapData, NextHop> =
+            Array::try_from(bench.map_mut("BENCH_NH").context("BENCH_NH")?)?;
+        nh.set(
+            0,
+            NextHop {
+                dst: ip_be(REAL1.octets()),
+                ifindex,
+                smac: mac,
+                dmac: REAL1_MAC,
+            },
+            0,
+        )?;
     }
 
     let est = packet::client_tcp(CLIENT, 40000, VIP, 6033, TCP_ACK | TCP_PSH, &[0x42; 10]);
     let syn = packet::client_tcp(CLIENT, 40001, VIP, 6033, TCP_SYN, b"");
-    let other = packet::client_tcp(CLIENT, 40002, Ipv4Addr::new(198, 18, 0, 200), 6033, TCP_SYN, b"");
+    let other = packet::client_tcp(
+        CLIENT,
+        40002,
+        Ipv4Addr::new(198, 18, 0, 200),
+        6033,
+        TCP_SYN,
+        b"",
+    );
     let fd_of = |b: &Ebpf, name: &str| -> Result<aya::programs::ProgramFd> {
         let p: &Xdp = b.program(name).context(name.to_string())?.try_into()?;
         Ok(p.fd()?.try_clone()?)
@@ -129,13 +179,37 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
     }
     let cases: Vec<(&str, Case, Vec<u8>)> = vec![
         ("empty", Case::Direct("bench_empty", XDP_PASS), est.clone()),
-        ("wrapper->empty", Case::Wrapped("bench_empty", XDP_PASS, false), est.clone()),
-        ("wrapper->floor", Case::Wrapped("bench_floor", XDP_TX, false), est.clone()),
-        ("wrapper->lb established", Case::Wrapped("lb", XDP_TX, false), est.clone()),
-        ("wrapper->lb new flow", Case::Wrapped("lb", XDP_TX, true), syn.clone()),
+        (
+            "wrapper->empty",
+            Case::Wrapped("bench_empty", XDP_PASS, false),
+            est.clone(),
+        ),
+        (
+            "wrapper->floor",
+            Case::Wrapped("bench_floor", XDP_TX, false),
+            est.clone(),
+        ),
+        (
+            "wrapper->lb established",
+            Case::Wrapped("lb", XDP_TX, false),
+            est.clone(),
+        ),
+        (
+            "wrapper->lb new flow",
+            Case::Wrapped("lb", XDP_TX, true),
+            syn.clone(),
+        ),
         ("lb non-VIP", Case::Direct("lb", XDP_PASS), other.clone()),
-        ("fib lookup", Case::Direct("bench_fib", XDP_PASS), est.clone()),
-        ("next-hop map", Case::Direct("bench_nhmap", XDP_PASS), est.clone()),
+        (
+            "fib lookup",
+            Case::Direct("bench_fib", XDP_PASS),
+            est.clone(),
+        ),
+        (
+            "next-hop map",
+            Case::Direct("bench_nhmap", XDP_PASS),
+            est.clone(),
+        ),
     ];
     let fd = |name: &str| match name {
         "lb" => &lb_fd,
@@ -148,13 +222,20 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
     for _ in 0..args.rounds {
         for (i, (label, case, frame)) in cases.iter().enumerate() {
             let ns = match *case {
-                Case::Direct(prog, want) => run(&fd(prog).as_fd(), frame, ifindex, args.repeat, want)
-                    .with_context(|| label.to_string())?,
+                Case::Direct(prog, want) => {
+                    run(&fd(prog).as_fd(), frame, ifindex, args.repeat, want)
+                        .with_context(|| label.to_string())?
+                }
                 Case::Wrapped(prog, want, vary) => {
-                    let mut progs: ProgramArray<&mut MapData> =
-                        ProgramArray::try_from(bench.map_mut("BENCH_PROGS").context("BENCH_PROGS")?)?;
+                    let mut progs: ProgramArray<&mut MapData> = ProgramArray::try_from(
+                        bench.map_mut("BENCH_PROGS").context("BENCH_PROGS")?,
+                    )?;
                     progs.set(0, fd(prog), 0)?;
-                    let mut t = Template { len: frame.len() as u32, vary_port_at: 0, bytes: [0; TEMPLATE_MAX] };
+                    let mut t = Template {
+                        len: frame.len() as u32,
+                        vary_port_at: 0,
+                        bytes: [0; TEMPLATE_MAX],
+                    };
                     t.bytes[..frame.len()].copy_from_slice(frame);
                     if vary {
                         t.vary_port_at = 34; // the TCP source port
@@ -162,37 +243,74 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
                     let mut tmpl: Array<&mut MapData, Template> =
                         Array::try_from(bench.map_mut("BENCH_TMPL").context("BENCH_TMPL")?)?;
                     tmpl.set(0, t, 0)?;
-                    run(&wrapper_fd.as_fd(), frame, ifindex, args.repeat, want).with_context(|| label.to_string())?
+                    run(&wrapper_fd.as_fd(), frame, ifindex, args.repeat, want)
+                        .with_context(|| label.to_string())?
                 }
             };
             samples[i].push(ns);
         }
     }
     let med: Vec<f64> = samples.iter_mut().map(|v| median(v)).collect();
-    let (empty, w0, wfloor, west, wnew, nonvip, fib, nh) =
-        (med[0], med[1], med[2], med[3], med[4], med[5], med[6], med[7]);
+    let (empty, w0, wfloor, west, wnew, nonvip, fib, nh) = (
+        med[0], med[1], med[2], med[3], med[4], med[5], med[6], med[7],
+    );
     // A wrapped program's cost as if run alone on a fresh frame: remove the wrapper's own cost
     // (wrapper -> empty) and add back the run overhead every direct measurement carries (empty).
     let unwrap = |w: f64| w - w0 + empty;
     let floor = unwrap(wfloor);
     let est_c = unwrap(west);
     let new_c = unwrap(wnew);
-    println!("lb-bench: BPF_PROG_TEST_RUN, repeat {} x {} interleaved rounds, CPU 0, medians", args.repeat, args.rounds);
+    println!(
+        "lb-bench: BPF_PROG_TEST_RUN, repeat {} x {} interleaved rounds, CPU 0, medians",
+        args.repeat, args.rounds
+    );
     println!("{:<34} {:>9}", "measured", "ns/pkt");
     for ((label, _, _), m) in cases.iter().zip(&med) {
         println!("  {label:<32} {m:>9.1}");
     }
     println!();
-    println!("{:<34} {:>9} {:>12}", "derived (wrapper removed)", "ns/pkt", "ratio");
-    println!("  {:<32} {:>9.1} {:>12}", "(e) empty XDP_PASS", empty, "1.00 x (e)");
-    println!("  {:<32} {:>9.1} {:>9.2} x (e)", "(d) floor: prepend 20 B + XDP_TX", floor, floor / empty);
-    println!("  {:<32} {:>9.1} {:>9.2} x (d)", "(a) established flow", est_c, est_c / floor);
-    println!("  {:<32} {:>9.1} {:>9.2} x (d)", "(b) new flow every packet", new_c, new_c / floor);
-    println!("  {:<32} {:>9.1} {:>9.2} x (e)", "(c) non-VIP packet", nonvip, nonvip / empty);
+    println!(
+        "{:<34} {:>9} {:>12}",
+        "derived (wrapper removed)", "ns/pkt", "ratio"
+    );
+    println!(
+        "  {:<32} {:>9.1} {:>12}",
+        "(e) empty XDP_PASS", empty, "1.00 x (e)"
+    );
+    println!(
+        "  {:<32} {:>9.1} {:>9.2} x (e)",
+        "(d) floor: prepend 20 B + XDP_TX",
+        floor,
+        floor / empty
+    );
+    println!(
+        "  {:<32} {:>9.1} {:>9.2} x (d)",
+        "(a) established flow",
+        est_c,
+        est_c / floor
+    );
+    println!(
+        "  {:<32} {:>9.1} {:>9.2} x (d)",
+        "(b) new flow every packet",
+        new_c,
+        new_c / floor
+    );
+    println!(
+        "  {:<32} {:>9.1} {:>9.2} x (e)",
+        "(c) non-VIP packet",
+        nonvip,
+        nonvip / empty
+    );
     println!();
-    println!("next hop: bpf_fib_lookup {fib:.1} ns vs userspace-kept map {nh:.1} ns ({:+.1} ns per packet)", fib - nh);
-    println!("targets: (a) <= 3 x (d): {}   (c) <= 1.5 x (e): {}",
-        verdict(est_c / floor <= 3.0), verdict(nonvip / empty <= 1.5));
+    println!(
+        "next hop: bpf_fib_lookup {fib:.1} ns vs userspace-kept map {nh:.1} ns ({:+.1} ns per packet)",
+        fib - nh
+    );
+    println!(
+        "targets: (a) <= 3 x (d): {}   (c) <= 1.5 x (e): {}",
+        verdict(est_c / floor <= 3.0),
+        verdict(nonvip / empty <= 1.5)
+    );
     println!();
     bench_cli()
 }
@@ -203,14 +321,7 @@ fn bench_cli() -> Result<()> {
     use lb_userspace::ipvsadm_command::run;
     let pins = fixture::PinDir::new("benchcli");
     let _obj = datapath::load(&pins.0, datapath::LogLevel::Off)?;
-    let mut rules = String::new();
-    for s in 0..1000u32 {
-        let vip = format!("198.19.{}.{}:6033", s / 250, s % 250 + 1);
-        rules += &format!("-A -t {vip} -s wrr\n");
-        for r in 0..10u32 {
-            rules += &format!("-a -t {vip} -r 198.18.{}.{}:6033 -i -w {} --tun-type ipip\n", 100 + r, s % 250 + 1, r + 1);
-        }
-    }
+    let rules = lb_tests::assertions::restore_rules(1000, 10);
     let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let (mut restore, mut list) = (Vec::new(), Vec::new());
     for _ in 0..5 {
@@ -221,13 +332,30 @@ fn bench_cli() -> Result<()> {
         restore.push(t.elapsed().as_secs_f64() * 1e3);
         anyhow::ensure!(o.code == 0, "-R: {}", o.stderr);
         let t = std::time::Instant::now();
-        let o = run("lbadm", &argv(&["-L", "-n"]), &pins.0, &mut std::io::empty());
+        let o = run(
+            "lbadm",
+            &argv(&["-L", "-n"]),
+            &pins.0,
+            &mut std::io::empty(),
+        );
         list.push(t.elapsed().as_secs_f64() * 1e3);
-        anyhow::ensure!(o.code == 0 && o.stdout.lines().count() == 11_003, "-L -n: {}", o.stderr);
+        anyhow::ensure!(
+            o.code == 0 && o.stdout.lines().count() == 11_003,
+            "-L -n: {}",
+            o.stderr
+        );
     }
-    println!("lbadm, 1,000 services x 10 reals, medians of 5 (aims: -R <= 1000 ms, -L -n <= 100 ms):");
-    println!("  -R (restore, from empty)     {:>8.1} ms", median(&mut restore));
-    println!("  -L -n                        {:>8.1} ms", median(&mut list));
+    println!(
+        "lbadm, 1,000 services x 10 reals, medians of 5 (aims: -R <= 1000 ms, -L -n <= 100 ms):"
+    );
+    println!(
+        "  -R (restore, from empty)     {:>8.1} ms",
+        median(&mut restore)
+    );
+    println!(
+        "  -L -n                        {:>8.1} ms",
+        median(&mut list)
+    );
     Ok(())
 }
 
@@ -242,11 +370,24 @@ fn syn_for(est: &[u8]) -> Vec<u8> {
     f
 }
 
-fn run(fd: &impl std::os::fd::AsRawFd, frame: &[u8], ifindex: u32, repeat: u32, want: u32) -> Result<f64> {
+fn run(
+    fd: &impl std::os::fd::AsRawFd,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+    want: u32,
+) -> Result<f64> {
     let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
     let mut out = vec![0u8; frame.len() + 256];
     let mut ctx_out = [0u8; 24];
-    let r = test_run_fd(fd, frame, &mut out, bytemuck::cast_slice(&md), &mut ctx_out, repeat)?;
+    let r = test_run_fd(
+        fd,
+        frame,
+        &mut out,
+        bytemuck::cast_slice(&md),
+        &mut ctx_out,
+        repeat,
+    )?;
     if r.action != want {
         bail!("returned action {} instead of {want}", r.action);
     }

@@ -48,27 +48,47 @@ fn main() -> Result<()> {
     }
 
     println!("building the test bed: client, director, real1, real2 on a bridge (198.18.0.0/24)");
-    let bed = TestBed::new(TestBedOpts { prefix: "demo".into(), ..Default::default() })?;
+    let bed = TestBed::new(TestBedOpts {
+        prefix: "demo".into(),
+        ..Default::default()
+    })?;
     let _servers = bed.start_echo_servers(PORT)?;
     let mut director = Director::attach(&bed)?;
     println!(
         "director: XDP attached to eth0 ({}), tunnel source {}",
-        if director.report.generic { "generic" } else { "native" },
+        if director.report.generic {
+            "generic"
+        } else {
+            "native"
+        },
         director.report.tunnel_source
     );
     let _decap = Decap::attach_all(&bed)?;
     println!("reals: XDP decapsulation on eth0, VIP {} on lo", bed.vip());
     let service = |w2: u32| VirtualService {
-        id: ServiceId { proto: Protocol::Tcp, addr: bed.vip(), port: PORT },
+        id: ServiceId {
+            proto: Protocol::Tcp,
+            addr: bed.vip(),
+            port: PORT,
+        },
         sched: Scheduler::Wrr,
         persistence: 0,
         reals: vec![
-            RealServer { addr: bed.real_addr(1), weight: 3 },
-            RealServer { addr: bed.real_addr(2), weight: w2 },
+            RealServer {
+                addr: bed.real_addr(1),
+                weight: 3,
+            },
+            RealServer {
+                addr: bed.real_addr(2),
+                weight: w2,
+            },
         ],
     };
     director.maps.apply(&[service(1)])?;
-    println!("service: TCP {}:{PORT} wrr, real1 weight 3, real2 weight 1\n", bed.vip());
+    println!(
+        "service: TCP {}:{PORT} wrr, real1 weight 3, real2 weight 1\n",
+        bed.vip()
+    );
 
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -88,12 +108,18 @@ fn main() -> Result<()> {
                 }
             });
             let start = Instant::now();
-            println!("{:>4}  {:>10} {:>10}  {:>8} {:>8}  {:>8} {:>8}", "t", "conns ok", "failed", "real1", "pkts", "real2", "pkts");
+            println!(
+                "{:>4}  {:>10} {:>10}  {:>8} {:>8}  {:>8} {:>8}",
+                "t", "conns ok", "failed", "real1", "pkts", "real2", "pkts"
+            );
             for t in 1..=seconds {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                std::thread::sleep(Duration::from_secs(1).saturating_sub(start.elapsed().saturating_sub(Duration::from_secs(t - 1))));
+                std::thread::sleep(
+                    Duration::from_secs(1)
+                        .saturating_sub(start.elapsed().saturating_sub(Duration::from_secs(t - 1))),
+                );
                 if t == seconds / 3 {
                     director.maps.apply(&[service(0)])?;
                     println!("      -- real2 weight 0: quiesced, no new connections --");
@@ -104,12 +130,19 @@ fn main() -> Result<()> {
                 }
                 let installed = director.maps.read()?;
                 let s = &installed[0];
-                let r: Vec<_> = s.real_slots.iter().map(|&id| director.maps.real_stats(id)).collect::<Result<_, _>>()?;
+                let r: Vec<_> = s
+                    .real_slots
+                    .iter()
+                    .map(|&id| director.maps.real_stats(id))
+                    .collect::<Result<_, _>>()?;
                 println!(
                     "{t:>3}s  {:>10} {:>10}  {:>8} {:>8}  {:>8} {:>8}",
                     ok.load(Ordering::Relaxed),
                     failed.load(Ordering::Relaxed),
-                    r[0].conns, r[0].packets, r[1].conns, r[1].packets
+                    r[0].conns,
+                    r[0].packets,
+                    r[1].conns,
+                    r[1].packets
                 );
             }
             stop.store(true, Ordering::Relaxed);
@@ -143,7 +176,9 @@ fn ctrlc_flag(stop: Arc<AtomicBool>) -> Result<()> {
         }
     }
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        if unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) } == libc::SIG_ERR {
+        if unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) }
+            == libc::SIG_ERR
+        {
             return Err(std::io::Error::last_os_error()).context("installing a signal handler");
         }
     }

@@ -20,13 +20,18 @@ pub const MAP_CONFIG: &str = "LB_CONFIG";
 pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
 pub const MAP_NEXTHOPS: &str = "LB_NEXTHOPS";
 pub const MAP_PERSIST: &str = "LB_PERSIST";
+pub const MAP_PROBES: &str = "LB_PROBES";
 pub const MAP_DECAP_DIRS: &str = "DECAP_DIRS";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 
 /// Program names as they appear in the eBPF objects.
 pub const PROG_LB: &str = "lb_xdp";
-pub const PROG_NEIGH: &str = "lb_tc_neigh";
+/// TC ingress: sends packets XDP could not (unresolved neighbour) and gives tunnel-probe
+/// replies back their real's address.
+pub const PROG_TC_INGRESS: &str = "lb_tc_ingress";
+/// TC egress: encapsulates the daemon's tunnel probes (sockets marked [`PROBE_MARK`]).
+pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 pub const PROG_DECAP: &str = "decap_xdp";
 
 pub const MAX_SERVICES: u32 = 2048;
@@ -40,6 +45,13 @@ pub const MAX_CONNS: u32 = 262_144;
 /// Persistence templates (one per service and client address; LRU).
 pub const MAX_PERSIST: u32 = 65_536;
 pub const MAX_DECAP_ENTRIES: u32 = 256;
+/// Tunnel probes in flight at once (one per check running, keyed by local port).
+pub const MAX_PROBES: u32 = 8192;
+
+/// Socket mark (`SO_MARK`) of the daemon's tunnel probes. The TC egress program encapsulates a
+/// packet carrying it to the real named by its [`Probe`] entry, or drops it: a probe never
+/// leaves unencapsulated, so it cannot pass by reaching the real's own address. ("lbpr")
+pub const PROBE_MARK: u32 = 0x6c62_7072;
 
 /// Bits of the VIP pre-filter: a set bit means "some service may have this destination", so
 /// the common non-VIP packet leaves after one inlined array read instead of a hash lookup.
@@ -362,6 +374,35 @@ pub struct NeighMeta {
 
 pub const NEIGH_META_MAGIC: u32 = 0x4c42_4e48; // "LBNH"
 
+/// Key of the tunnel-probe map: the probe socket's local port, network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ProbeKey {
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// One tunnel probe: a socket of the daemon connected to `real:port` with [`PROBE_MARK`].
+/// Egress rewrites its packets' destination to `vip` and encapsulates them to `real`, as the
+/// director does with client packets; ingress rewrites the source of replies from `vip:port`
+/// back to `real`, so the socket accepts them. The counters tell userspace that both happened
+/// (a probe answered without them did not go through the tunnel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Probe {
+    /// Network byte order.
+    pub vip: u32,
+    /// Network byte order.
+    pub real: u32,
+    /// Port checked (on the VIP), network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// Packets encapsulated by the egress program.
+    pub egress: u32,
+    /// Replies rewritten by the ingress program.
+    pub ingress: u32,
+}
+
 /// Counters of the real-server decapsulation program, indices into its per-CPU array.
 pub const DECAP_PASS_OTHER: u32 = 0;
 pub const DECAP_DECAPSULATED: u32 = 1;
@@ -396,4 +437,6 @@ mod user {
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for PersistKey {}
     unsafe impl aya::Pod for Persist {}
+    unsafe impl aya::Pod for ProbeKey {}
+    unsafe impl aya::Pod for Probe {}
 }

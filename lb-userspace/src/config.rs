@@ -8,6 +8,7 @@
 //! pin_dir = "/sys/fs/bpf/lbadm"            # optional, default: --pin-dir / LBADM_PIN_DIR
 //! status_file = "/run/lbadm/status.json"   # optional, default shown; health per real as JSON
 //! metrics = "127.0.0.1:9477"               # optional Prometheus endpoint (GET /metrics); off if absent
+//! notify_timeout = "10s"                   # optional: notify commands are killed after this
 //!
 //! [[service]]               # one per virtual service
 //! vip = "198.18.0.100"      # required, IPv4
@@ -18,6 +19,11 @@
 //! on_failure = "quiesce"    # "quiesce" (default): weight 0 while DOWN, existing connections
 //!                           # continue (keepalived's inhibit_on_failure); "remove": the real is
 //!                           # removed while DOWN (keepalived's default)
+//! quorum = 1                # sum of UP weights below which the quorum is lost (default 1)
+//! hysteresis = 0            # lost below quorum - hysteresis, regained at quorum + hysteresis
+//! sorry_server = "10.0.0.9" # optional: takes new connections while the quorum is lost
+//! notify_up = ["/bin/prog", "arg"]   # optional argv (no shell), also notify_down, quorum_up,
+//!                                    # quorum_down; notify_up/down may be set per real too
 //!
 //! [service.check]           # defaults for this service's reals
 //! type = "tcp"              # "tcp" (connect), "mysql" (HandshakeV10 greeting) or "none"
@@ -28,6 +34,8 @@
 //! jitter = "200ms"          # random delay added at start and to each interval
 //!                           # (default interval/10)
 //! port = 6033               # port to check (default: the service's port)
+//! via = "tunnel"            # "tunnel" (default): VIP:port encapsulated to the real; "direct"
+//! user = "monitor"          # mysql only: log in and run SELECT 1 (password = "..." too)
 //!
 //! [[service.real]]
 //! address = "198.18.0.11"   # required, IPv4
@@ -81,9 +89,38 @@ impl CheckKind {
     }
 }
 
+/// Where a check connects: the real's own address, or VIP:port through the tunnel to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckVia {
+    Tunnel,
+    Direct,
+}
+
+/// A password: printed as `***` by `Debug`, never serialised.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckConfig {
     pub kind: CheckKind,
+    pub via: CheckVia,
+    /// `mysql` only: log in as this user and run `SELECT 1`.
+    pub user: Option<String>,
+    pub password: Option<Secret>,
     pub interval: Duration,
     pub timeout: Duration,
     pub fall: u32,
@@ -93,11 +130,16 @@ pub struct CheckConfig {
     pub port: u16,
 }
 
+/// A command run on an event: argv, executed directly (never through a shell).
+pub type Argv = Vec<String>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RealConfig {
     pub addr: Ipv4Addr,
     pub weight: u32,
     pub check: CheckConfig,
+    pub notify_up: Option<Argv>,
+    pub notify_down: Option<Argv>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +149,13 @@ pub struct ServiceConfig {
     pub persistence: u32,
     pub on_failure: OnFailure,
     pub reals: Vec<RealConfig>,
+    /// Takes all new connections while the quorum is lost (keepalived's sorry_server).
+    pub sorry_server: Option<Ipv4Addr>,
+    /// Sum of the weights of UP reals below which the quorum is lost (keepalived's quorum).
+    pub quorum: u64,
+    pub hysteresis: u64,
+    pub quorum_up: Option<Argv>,
+    pub quorum_down: Option<Argv>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +164,8 @@ pub struct DaemonConfig {
     pub pin_dir: Option<PathBuf>,
     pub status_file: PathBuf,
     pub metrics: Option<SocketAddr>,
+    /// Notify commands are killed after this long.
+    pub notify_timeout: Duration,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -186,6 +237,7 @@ struct RawFile {
     pin_dir: Option<PathBuf>,
     status_file: Option<PathBuf>,
     metrics: Option<SocketAddr>,
+    notify_timeout: Option<Dur>,
     #[serde(default)]
     service: Vec<RawService>,
 }
@@ -205,6 +257,13 @@ struct RawService {
     on_failure: Option<OnFailure>,
     #[serde(default)]
     check: RawCheck,
+    sorry_server: Option<Spanned<Ipv4Addr>>,
+    quorum: Option<u64>,
+    hysteresis: Option<u64>,
+    quorum_up: Option<Spanned<Argv>>,
+    quorum_down: Option<Spanned<Argv>>,
+    notify_up: Option<Spanned<Argv>>,
+    notify_down: Option<Spanned<Argv>>,
     #[serde(default)]
     real: Vec<RawReal>,
 }
@@ -231,6 +290,9 @@ struct RawCheck {
     rise: Option<Spanned<u32>>,
     jitter: Option<Dur>,
     port: Option<u16>,
+    via: Option<CheckVia>,
+    user: Option<Spanned<String>>,
+    password: Option<Spanned<Secret>>,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +301,8 @@ struct RawReal {
     address: Spanned<Ipv4Addr>,
     weight: Option<Spanned<i64>>,
     check: Option<RawCheck>,
+    notify_up: Option<Spanned<Argv>>,
+    notify_down: Option<Spanned<Argv>>,
 }
 
 /// 1-based line and column of a byte offset.
@@ -336,11 +400,34 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
                 }
             };
             let check = merge_check(&s.check, r.check.as_ref(), s.port, &rfield, &err)?;
+            let notify_up = argv(
+                r.notify_up.as_ref().or(s.notify_up.as_ref()),
+                &rfield,
+                "notify_up",
+                &err,
+            )?;
+            let notify_down = argv(
+                r.notify_down.as_ref().or(s.notify_down.as_ref()),
+                &rfield,
+                "notify_down",
+                &err,
+            )?;
             reals.push(RealConfig {
                 addr,
                 weight,
                 check,
+                notify_up,
+                notify_down,
             });
+        }
+        if let Some(sorry) = &s.sorry_server
+            && addrs.contains(sorry.get_ref())
+        {
+            return Err(err(
+                Some(sorry.span()),
+                &format!("{field}.sorry_server"),
+                format!("{} is also a real of this service", sorry.get_ref()),
+            ));
         }
         // Validate the service defaults too, even without reals.
         merge_check(&s.check, None, s.port, &field, &err)?;
@@ -352,6 +439,11 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
             persistence: s.persistence,
             on_failure: s.on_failure.unwrap_or(OnFailure::Quiesce),
             reals,
+            sorry_server: s.sorry_server.as_ref().map(|a| *a.get_ref()),
+            quorum: s.quorum.unwrap_or(1),
+            hysteresis: s.hysteresis.unwrap_or(0),
+            quorum_up: argv(s.quorum_up.as_ref(), &field, "quorum_up", &err)?,
+            quorum_down: argv(s.quorum_down.as_ref(), &field, "quorum_down", &err)?,
         });
     }
     Ok(DaemonConfig {
@@ -361,8 +453,30 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
             .status_file
             .unwrap_or_else(|| DEFAULT_STATUS_FILE.into()),
         metrics: raw.metrics,
+        notify_timeout: raw
+            .notify_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(10)),
         services,
     })
+}
+
+/// A notify command: a non-empty argv whose program is named.
+fn argv(
+    v: Option<&Spanned<Argv>>,
+    field: &str,
+    key: &str,
+    err: &ErrAt,
+) -> Result<Option<Argv>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    if v.get_ref().first().is_none_or(|p| p.is_empty()) {
+        return Err(err(
+            Some(v.span()),
+            &format!("{field}.{key}"),
+            "must be a non-empty argv list, e.g. [\"/usr/local/bin/page\", \"--team\", \"db\"] (run without a shell)".into(),
+        ));
+    }
+    Ok(Some(v.get_ref().clone()))
 }
 
 /// Builds an error at a span, for a field.
@@ -417,8 +531,48 @@ fn merge_check(
             ));
         }
     }
+    let kind = r.kind.or(svc.kind).unwrap_or(CheckKind::Tcp);
+    // A user set where the check is not mysql is a mistake; one inherited by a real whose own
+    // check is tcp is simply not used.
+    for (user, at_kind) in [
+        (&r.user, kind),
+        (&svc.user, svc.kind.unwrap_or(CheckKind::Tcp)),
+    ] {
+        if let Some(u) = user
+            && at_kind != CheckKind::Mysql
+        {
+            return Err(err(
+                Some(u.span()),
+                &format!("{prefix}.user"),
+                format!(
+                    "only a mysql check logs in (this check is {})",
+                    at_kind.name()
+                ),
+            ));
+        }
+    }
+    let mysql = kind == CheckKind::Mysql;
+    let user = r
+        .user
+        .clone()
+        .or_else(|| svc.user.clone())
+        .filter(|_| mysql);
+    let password = r.password.clone().or_else(|| svc.password.clone());
+    if let (Some(p), None) = (&password, &user)
+        && (mysql || r.password.is_some())
+    {
+        return Err(err(
+            Some(p.span()),
+            &format!("{prefix}.password"),
+            "a password needs a user".into(),
+        ));
+    }
+    let password = password.filter(|_| user.is_some());
     Ok(CheckConfig {
-        kind: r.kind.or(svc.kind).unwrap_or(CheckKind::Tcp),
+        kind,
+        via: r.via.or(svc.via).unwrap_or(CheckVia::Tunnel),
+        user: user.map(|u| u.into_inner()),
+        password: password.map(|p| p.into_inner()),
         interval: iv,
         timeout: to,
         fall: fall.map(|f| *f.get_ref()).unwrap_or(3),
@@ -488,5 +642,33 @@ type = "tcp"
         assert!(e.reason.contains("wlc"), "{e}");
         let two = format!("{GOOD}\n[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n");
         assert!(p(&two).unwrap_err().reason.contains("duplicate service"));
+        let e =
+            p(&GOOD.replace("type = \"tcp\"", "type = \"tcp\"\nuser = \"monitor\"")).unwrap_err();
+        assert_eq!(e.field, "service[0].real[1].check.user", "{e}");
+        let e = p(&GOOD.replace("fall = 2", "fall = 2\npassword = \"s3cret\"")).unwrap_err();
+        assert!(e.field.ends_with("check.password"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let e = p(&GOOD.replace("on_failure", "sorry_server = \"198.18.0.12\"\non_failure"))
+            .unwrap_err();
+        assert_eq!(e.field, "service[0].sorry_server", "{e}");
+        let e = p(&GOOD.replace("on_failure", "quorum_down = []\non_failure")).unwrap_err();
+        assert_eq!(e.field, "service[0].quorum_down", "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(6), "{e}");
+    }
+
+    #[test]
+    fn checks_go_through_the_tunnel_unless_told() {
+        let c = p(&GOOD.replace("type = \"tcp\"", "type = \"tcp\"\nvia = \"direct\"")).unwrap();
+        assert_eq!(c.services[0].reals[0].check.via, CheckVia::Tunnel);
+        assert_eq!(c.services[0].reals[1].check.via, CheckVia::Direct);
+        let c = p(&GOOD.replace(
+            "fall = 2",
+            "fall = 2\nuser = \"monitor\"\npassword = \"s3cret\"",
+        ))
+        .unwrap();
+        let check = &c.services[0].reals[0].check;
+        assert_eq!(check.user.as_deref(), Some("monitor"));
+        assert_eq!(check.password.as_ref().map(|s| s.expose()), Some("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 }

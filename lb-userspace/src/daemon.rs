@@ -18,9 +18,10 @@
 //!   Prometheus endpoint.
 
 use crate::{
-    config::{self, CheckConfig, DaemonConfig, OnFailure},
+    config::{self, Argv, CheckConfig, DaemonConfig, OnFailure, ServiceConfig},
     datapath,
     healthcheck::{self, CheckResult, CheckTarget, Health, Tracker},
+    probe::Probes,
     services::{Maps, RealServer, ServiceId, VirtualService},
 };
 use anyhow::Context as _;
@@ -76,6 +77,10 @@ struct Daemon {
     tx: mpsc::UnboundedSender<Event>,
     next_gen: u64,
     snapshot: HealthSnapshot,
+    /// The tunnel-probe map, or why tunnel checks cannot run.
+    probes: Result<Arc<Probes>, String>,
+    /// Per service: is the quorum held (sum of UP weights)?
+    quorum: HashMap<ServiceId, bool>,
 }
 
 fn init_logging() {
@@ -124,6 +129,16 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let pin_dir = cfg.pin_dir.clone().unwrap_or(opts.pin_dir.clone());
     let maps = Maps::open(&pin_dir)?;
+    let probes = datapath::read_config(&pin_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            let source = Ipv4Addr::from(c.tunnel_src.to_ne_bytes());
+            Probes::open(&pin_dir, source).map_err(|e| e.to_string())
+        });
+    match &probes {
+        Ok(p) => p.clear(),
+        Err(e) => warn!("tunnel checks cannot run: {e}"),
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let snapshot: HealthSnapshot = Arc::default();
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -148,6 +163,8 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
         tx,
         next_gen: 1,
         snapshot,
+        probes,
+        quorum: HashMap::new(),
     };
     d.apply_config(cfg, true)
         .context("applying the configuration")?;
@@ -192,6 +209,7 @@ impl Daemon {
     fn apply_config(&mut self, cfg: DaemonConfig, first: bool) -> anyhow::Result<()> {
         // Health of each configured real: kept if known, else inherited from the maps.
         let mut health: HashMap<Key, (Tracker, SystemTime)> = HashMap::new();
+        let mut quorum = HashMap::new();
         let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
             let _lock = self.maps.lock()?;
             let current: HashMap<ServiceId, VirtualService> = self
@@ -223,43 +241,27 @@ impl Daemon {
                     }
                     health.insert(key, (Tracker::new(h), SystemTime::now()));
                 }
+                let alive = alive_weight(s, |a| health[&(s.id, a)].0.health);
+                let held = match self.quorum.get(&s.id) {
+                    Some(&held) => next_quorum(held, alive, s),
+                    None => alive >= effective_quorum(s),
+                };
+                if !held {
+                    warn!(service = %s.id, "quorum not held: {alive} < {}", effective_quorum(s));
+                }
+                quorum.insert(s.id, held);
             }
             let want: Vec<VirtualService> = cfg
                 .services
                 .iter()
-                .map(|s| {
-                    let mut reals: Vec<RealServer> = Vec::new();
-                    let desired = |addr: Ipv4Addr| -> Option<u32> {
-                        let rc = s.reals.iter().find(|r| r.addr == addr)?;
-                        desired_weight(rc.weight, s.on_failure, health[&(s.id, addr)].0.health)
-                    };
-                    // Keep the order the maps have, then append new reals in file order.
-                    if let Some(c) = current.get(&s.id) {
-                        for r in &c.reals {
-                            if let Some(w) = desired(r.addr) {
-                                reals.push(RealServer {
-                                    addr: r.addr,
-                                    weight: w,
-                                });
-                            }
-                        }
-                    }
-                    for r in &s.reals {
-                        if !reals.iter().any(|x| x.addr == r.addr)
-                            && let Some(w) = desired(r.addr)
-                        {
-                            reals.push(RealServer {
-                                addr: r.addr,
-                                weight: w,
-                            });
-                        }
-                    }
-                    VirtualService {
-                        id: s.id,
-                        sched: s.sched,
-                        persistence: s.persistence,
-                        reals,
-                    }
+                .map(|s| VirtualService {
+                    id: s.id,
+                    sched: s.sched,
+                    persistence: s.persistence,
+                    reals: in_map_order(
+                        current.get(&s.id),
+                        desired_reals(s, |a| health[&(s.id, a)].0.health, quorum[&s.id]),
+                    ),
                 })
                 .collect();
             let mut have: Vec<VirtualService> = current.into_values().collect();
@@ -273,6 +275,7 @@ impl Daemon {
             Ok(())
         });
         result?;
+        self.quorum = quorum;
         // Checkers: stop those gone or changed, start new or changed ones.
         let mut old = std::mem::take(&mut self.reals);
         for s in &cfg.services {
@@ -294,7 +297,19 @@ impl Daemon {
                         });
                         let generation = self.next_gen;
                         self.next_gen += 1;
-                        let task = spawn_checker(key, r.check.clone(), generation, self.tx.clone());
+                        let target = CheckTarget::new(
+                            s.id.addr,
+                            r.addr,
+                            &r.check,
+                            self.probes.as_ref().map_err(|e| e.as_str()),
+                        );
+                        let task = spawn_checker(
+                            key,
+                            r.check.clone(),
+                            target,
+                            generation,
+                            self.tx.clone(),
+                        );
                         self.reals.insert(
                             key,
                             RealEntry {
@@ -341,6 +356,7 @@ impl Daemon {
         };
         e.since = SystemTime::now();
         let (weight, on_failure) = (e.weight, e.on_failure);
+        let (svc, addr) = ev.key;
         let action = match (h, on_failure) {
             (Health::Down, OnFailure::Quiesce) => "quiesced (weight 0)".to_string(),
             (Health::Down, OnFailure::Remove) => "removed from the service".to_string(),
@@ -352,39 +368,134 @@ impl Daemon {
         };
         match h {
             Health::Down => {
-                warn!(service = %ev.key.0, real = %ev.key.1, "DOWN after {n} failed checks ({text}): {action}")
+                warn!(service = %svc, real = %addr, "DOWN after {n} failed checks ({text}): {action}")
             }
             Health::Up => {
-                info!(service = %ev.key.0, real = %ev.key.1, "UP after {n} successful checks: {action}")
+                info!(service = %svc, real = %addr, "UP after {n} successful checks: {action}")
             }
         }
-        if let Err(err) = self.set_real(ev.key, desired_weight(weight, on_failure, h)) {
-            error!(service = %ev.key.0, real = %ev.key.1, "changing the maps failed: {err:#}");
+        let Some(scfg) = self.cfg.services.iter().find(|s| s.id == svc).cloned() else {
+            return;
+        };
+        if let Some(rc) = scfg.reals.iter().find(|r| r.addr == addr) {
+            let (cmd, event) = match h {
+                Health::Up => (&rc.notify_up, "up"),
+                Health::Down => (&rc.notify_down, "down"),
+            };
+            self.notify(cmd, event, &scfg, Some(addr), &text);
+        }
+        let alive = alive_weight(&scfg, |a| self.health(svc, a));
+        let held = self.quorum.get(&svc).copied().unwrap_or(true);
+        let now = next_quorum(held, alive, &scfg);
+        if now != held {
+            let q = effective_quorum(&scfg);
+            let sorry = match (now, scfg.sorry_server) {
+                (false, Some(a)) => format!(": new connections go to the sorry server {a}"),
+                (true, Some(a)) => format!(": sorry server {a} out"),
+                _ => String::new(),
+            };
+            if now {
+                info!(service = %svc, "gained quorum: {alive} >= {q} + {}{sorry}", scfg.hysteresis);
+            } else {
+                warn!(service = %svc, "lost quorum: {alive} < {q} - {}{sorry}", scfg.hysteresis);
+            }
+            self.quorum.insert(svc, now);
+            let (cmd, event) = if now {
+                (&scfg.quorum_up, "quorum_up")
+            } else {
+                (&scfg.quorum_down, "quorum_down")
+            };
+            self.notify(cmd, event, &scfg, None, &text);
+        }
+        if let Err(err) = self.sync_service(&scfg) {
+            error!(service = %svc, real = %addr, "changing the maps failed: {err:#}");
         }
         self.write_status();
     }
 
-    /// One transaction touching only this real: `Some(w)` = present with weight w, `None` =
-    /// absent.
-    fn set_real(&mut self, (svc, addr): Key, want: Option<u32>) -> anyhow::Result<()> {
+    fn health(&self, svc: ServiceId, addr: Ipv4Addr) -> Health {
+        self.reals
+            .get(&(svc, addr))
+            .map(|e| e.tracker.health)
+            .unwrap_or(Health::Down)
+    }
+
+    /// Runs a notify command (argv, no shell) in the background, killed after `notify_timeout`.
+    /// It learns what happened from its environment: LBADM_EVENT (up, down, quorum_up,
+    /// quorum_down), LBADM_SERVICE (keepalived's `[vip]:tcp:port`), LBADM_VIP, LBADM_PORT,
+    /// LBADM_PROTOCOL, LBADM_REAL (for up/down) and LBADM_REASON (the last check result).
+    fn notify(
+        &self,
+        argv: &Option<Argv>,
+        event: &'static str,
+        s: &ServiceConfig,
+        real: Option<Ipv4Addr>,
+        reason: &str,
+    ) {
+        let Some(argv) = argv.clone() else { return };
+        let limit = self.cfg.notify_timeout;
+        let proto = s.id.proto.name().to_lowercase();
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .env("LBADM_EVENT", event)
+            .env(
+                "LBADM_SERVICE",
+                format!("[{}]:{proto}:{}", s.id.addr, s.id.port),
+            )
+            .env("LBADM_VIP", s.id.addr.to_string())
+            .env("LBADM_PORT", s.id.port.to_string())
+            .env("LBADM_PROTOCOL", &proto)
+            .env("LBADM_REASON", reason);
+        if let Some(r) = real {
+            cmd.env("LBADM_REAL", r.to_string());
+        }
+        let svc = s.id;
+        tokio::spawn(async move {
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    error!(service = %svc, event, program = %argv[0], "notify command did not start: {e}");
+                    return;
+                }
+            };
+            match tokio::time::timeout(limit, child.wait()).await {
+                Ok(Ok(st)) if st.success() => {
+                    info!(service = %svc, event, program = %argv[0], "notify command done")
+                }
+                Ok(Ok(st)) => {
+                    warn!(service = %svc, event, program = %argv[0], "notify command failed: {st}")
+                }
+                Ok(Err(e)) => {
+                    warn!(service = %svc, event, program = %argv[0], "notify command: {e}")
+                }
+                Err(_) => {
+                    let _ = child.kill().await;
+                    warn!(service = %svc, event, program = %argv[0], "notify command killed after {}s", limit.as_secs_f64());
+                }
+            }
+        });
+    }
+
+    /// One transaction touching only this service's reals: what its configuration, the reals'
+    /// health and its quorum ask for.
+    fn sync_service(&mut self, s: &ServiceConfig) -> anyhow::Result<()> {
+        let held = self.quorum.get(&s.id).copied().unwrap_or(true);
+        let want = desired_reals(s, |a| self.health(s.id, a), held);
         tokio::task::block_in_place(|| {
             let _lock = self.maps.lock()?;
             let mut table: Vec<VirtualService> =
                 self.maps.read()?.into_iter().map(|s| s.spec).collect();
-            let Some(s) = table.iter_mut().find(|s| s.id == svc) else {
-                warn!(service = %svc, "the service is not in the maps (changed outside the daemon?): nothing to do");
+            let Some(cur) = table.iter_mut().find(|x| x.id == s.id) else {
+                warn!(service = %s.id, "the service is not in the maps (changed outside the daemon?): nothing to do");
                 return Ok(());
             };
-            let pos = s.reals.iter().position(|r| r.addr == addr);
-            match (pos, want) {
-                (Some(i), Some(w)) if s.reals[i].weight == w => return Ok(()),
-                (Some(i), Some(w)) => s.reals[i].weight = w,
-                (None, Some(w)) => s.reals.push(RealServer { addr, weight: w }),
-                (Some(i), None) => {
-                    s.reals.remove(i);
-                }
-                (None, None) => return Ok(()),
+            let reals = in_map_order(Some(cur), want);
+            if cur.reals == reals {
+                return Ok(());
             }
+            cur.reals = reals;
             self.maps.apply_locked(&table)?;
             Ok(())
         })
@@ -410,6 +521,7 @@ impl Daemon {
                             "address": r.addr.to_string(),
                             "weight": r.weight,
                             "check": r.check.kind.name(),
+                            "via": r.check.via,
                             "health": e.tracker.health,
                             "since": unix(e.since),
                             "last_ok": e.last.as_ref().map(|l| l.0),
@@ -425,6 +537,8 @@ impl Daemon {
                     "port": s.id.port,
                     "scheduler": s.sched.name(),
                     "on_failure": s.on_failure,
+                    "quorum": self.quorum.get(&s.id).copied().unwrap_or(true),
+                    "sorry_server": s.sorry_server.map(|a| a.to_string()),
                     "reals": reals,
                 })
             })
@@ -462,12 +576,82 @@ impl Daemon {
     }
 }
 
-fn desired_weight(weight: u32, on_failure: OnFailure, h: Health) -> Option<u32> {
-    match (h, on_failure) {
-        (Health::Up, _) => Some(weight),
-        (Health::Down, OnFailure::Quiesce) => Some(0),
-        (Health::Down, OnFailure::Remove) => None,
+/// keepalived's quorum: the sum of the configured weights of UP reals.
+fn alive_weight(s: &ServiceConfig, health: impl Fn(Ipv4Addr) -> Health) -> u64 {
+    s.reals
+        .iter()
+        .filter(|r| health(r.addr) == Health::Up)
+        .map(|r| u64::from(r.weight))
+        .sum()
+}
+
+/// A quorum larger than the total weight could never be held: reduced to it (as keepalived).
+fn effective_quorum(s: &ServiceConfig) -> u64 {
+    s.quorum
+        .min(s.reals.iter().map(|r| u64::from(r.weight)).sum())
+}
+
+/// Lost below quorum − hysteresis, regained at quorum + hysteresis.
+fn next_quorum(held: bool, alive: u64, s: &ServiceConfig) -> bool {
+    let q = effective_quorum(s);
+    if held {
+        alive >= q.saturating_sub(s.hysteresis)
+    } else {
+        alive >= q + s.hysteresis
     }
+}
+
+/// The reals a service should have in the maps, in file order: configured weight while UP,
+/// weight 0 (`quiesce`) or absent (`remove`) while DOWN; with the quorum lost and a sorry
+/// server, every real is out and the sorry server takes the new connections.
+fn desired_reals(
+    s: &ServiceConfig,
+    health: impl Fn(Ipv4Addr) -> Health,
+    quorum_held: bool,
+) -> Vec<(Ipv4Addr, u32)> {
+    let sorry = s.sorry_server.filter(|_| !quorum_held);
+    let mut out: Vec<(Ipv4Addr, u32)> = s
+        .reals
+        .iter()
+        .filter_map(|r| {
+            let h = if sorry.is_some() {
+                Health::Down
+            } else {
+                health(r.addr)
+            };
+            match (h, s.on_failure) {
+                (Health::Up, _) => Some((r.addr, r.weight)),
+                (Health::Down, OnFailure::Quiesce) => Some((r.addr, 0)),
+                (Health::Down, OnFailure::Remove) => None,
+            }
+        })
+        .collect();
+    if let Some(a) = sorry {
+        out.push((a, 1));
+    }
+    out
+}
+
+/// Keeps the order the maps have (so a change does not reshuffle `mh` tables or `-L`), new
+/// reals appended in file order.
+fn in_map_order(current: Option<&VirtualService>, want: Vec<(Ipv4Addr, u32)>) -> Vec<RealServer> {
+    let mut reals: Vec<RealServer> = current
+        .map(|c| {
+            c.reals
+                .iter()
+                .filter_map(|r| {
+                    let &(addr, weight) = want.iter().find(|w| w.0 == r.addr)?;
+                    Some(RealServer { addr, weight })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for (addr, weight) in want {
+        if !reals.iter().any(|x| x.addr == addr) {
+            reals.push(RealServer { addr, weight });
+        }
+    }
+    reals
 }
 
 fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
@@ -513,17 +697,20 @@ impl Rng {
 fn spawn_checker(
     key: Key,
     check: CheckConfig,
+    target: Result<CheckTarget, String>,
     generation: u64,
     tx: mpsc::UnboundedSender<Event>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut rng = Rng::new(generation ^ u64::from(u32::from(key.1)) << 16);
-        let target = CheckTarget::direct(key.1, &check);
         // Spread the first checks over one interval, so hundreds of reals do not fire in step.
         tokio::time::sleep(rng.upto(check.interval)).await;
         loop {
             let start = tokio::time::Instant::now();
-            let result = healthcheck::run_check(target, &check).await;
+            let result = match &target {
+                Ok(t) => healthcheck::run_check(t, &check).await,
+                Err(why) => Err(why.clone()),
+            };
             if tx
                 .send(Event {
                     key,

@@ -16,7 +16,7 @@ use aya::{
 };
 use lb_common::{
     ATTACH_SET_FORWARDING, ATTACH_TC_NETLINK, ATTACH_XDP_GENERIC, Config, MAP_CONFIG, PROG_LB,
-    PROG_NEIGH,
+    PROG_TC_EGRESS, PROG_TC_INGRESS,
 };
 use std::{
     ffi::CString,
@@ -27,6 +27,12 @@ use std::{
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbadm";
 const XDP_LINK_PIN: &str = "link_xdp";
 const TC_LINK_PIN: &str = "link_tc";
+const TC_EGRESS_LINK_PIN: &str = "link_tc_egress";
+/// The TC programs, where they attach and where their links are pinned (TCX).
+const TC_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
+    (PROG_TC_INGRESS, TcAttachType::Ingress, TC_LINK_PIN),
+    (PROG_TC_EGRESS, TcAttachType::Egress, TC_EGRESS_LINK_PIN),
+];
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
@@ -313,7 +319,6 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
     link.pin(opts.pin_dir.join(XDP_LINK_PIN))
         .ctx("pinning the XDP link")?;
 
-    // TC ingress finishes what XDP cannot: packets whose next hop is not resolved yet.
     undo.iface = Some(opts.iface.clone());
     // Before Linux 6.6 (no TCX links) the TC program hangs off a clsact qdisc.
     let tcx = aya::util::KernelVersion::current()
@@ -325,21 +330,25 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
             return Err(e).ctx("adding the clsact qdisc");
         }
     }
-    let cls: &mut SchedClassifier = prog_mut(&mut bpf, PROG_NEIGH)?;
-    cls.load().ctx("loading the TC program (verifier)")?;
-    let tc_id = cls
-        .attach(&opts.iface, TcAttachType::Ingress)
-        .ctx("attaching the TC ingress program")?;
-    let tc_link = cls.take_link(tc_id).ctx("taking the TC link")?;
-    if tcx {
-        let fd = FdLink::try_from(tc_link).ctx("the TC program attached without a link")?;
-        fd.pin(opts.pin_dir.join(TC_LINK_PIN))
-            .ctx("pinning the TC link")?;
-    } else {
-        // Before Linux 6.6 the filter lives in the qdisc. Dropping the link object would remove
-        // it, so it is forgotten instead; detach removes the filter by program name.
-        std::mem::forget(tc_link);
-        report.tc_netlink = true;
+    // Ingress finishes what XDP cannot (unresolved neighbours) and unwraps tunnel-probe replies;
+    // egress encapsulates the daemon's tunnel probes.
+    for (name, at, pin) in TC_PROGRAMS {
+        let cls: &mut SchedClassifier = prog_mut(&mut bpf, name)?;
+        cls.load()
+            .ctx(&format!("loading the TC program {name} (verifier)"))?;
+        let tc_id = cls
+            .attach(&opts.iface, at)
+            .ctx(&format!("attaching the TC program {name}"))?;
+        let tc_link = cls.take_link(tc_id).ctx("taking the TC link")?;
+        if tcx {
+            let fd = FdLink::try_from(tc_link).ctx("the TC program attached without a link")?;
+            fd.pin(opts.pin_dir.join(pin)).ctx("pinning the TC link")?;
+        } else {
+            // Before Linux 6.6 the filter lives in the qdisc. Dropping the link object would
+            // remove it, so it is forgotten instead; detach removes the filter by program name.
+            std::mem::forget(tc_link);
+            report.tc_netlink = true;
+        }
     }
 
     let forwarding = format!("net.ipv4.conf.{}.forwarding", opts.iface);
@@ -413,9 +422,11 @@ impl Drop for Undo {
             return;
         }
         let _ = std::fs::remove_file(self.pin_dir.join(XDP_LINK_PIN));
-        let _ = std::fs::remove_file(self.pin_dir.join(TC_LINK_PIN));
         if let Some(iface) = &self.iface {
-            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROG_NEIGH);
+            for (name, at, pin) in TC_PROGRAMS {
+                let _ = std::fs::remove_file(self.pin_dir.join(pin));
+                let _ = tc::qdisc_detach_program(iface, at, name);
+            }
         }
         if self.remove_pins {
             remove_pins(&self.pin_dir);
@@ -453,7 +464,7 @@ pub fn detach(pin_dir: &Path) -> Result<DetachReport> {
     }
     let cfg = read_config(pin_dir).ok();
     let iface = cfg.and_then(|c| ifname(c.ifindex));
-    for pin in [XDP_LINK_PIN, TC_LINK_PIN] {
+    for pin in [XDP_LINK_PIN, TC_LINK_PIN, TC_EGRESS_LINK_PIN] {
         let path = pin_dir.join(pin);
         if path.exists() {
             // Unpinning drops the last reference to the link, which detaches it.
@@ -465,7 +476,9 @@ pub fn detach(pin_dir: &Path) -> Result<DetachReport> {
     let mut forwarding_restored = false;
     if let (Some(cfg), Some(iface)) = (cfg, &iface) {
         if cfg.attach & ATTACH_TC_NETLINK != 0 {
-            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROG_NEIGH);
+            for (name, at, _) in TC_PROGRAMS {
+                let _ = tc::qdisc_detach_program(iface, at, name);
+            }
         }
         if cfg.attach & ATTACH_SET_FORWARDING != 0 {
             sysctl::write(

@@ -12,6 +12,7 @@ pub mod ipvsadm_command;
 pub mod ipvsadm_format;
 pub mod ipvsadm_grammar;
 pub mod netlink;
+pub mod probe;
 pub mod realserver;
 pub mod scheduler;
 pub mod services;

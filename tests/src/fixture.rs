@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData},
-    programs::Xdp,
+    programs::{SchedClassifier, Xdp},
 };
 use lb_common::{Config, ip_be};
 use lb_userspace::{
@@ -161,6 +161,41 @@ impl Fixture {
     pub fn pin_dir(&self) -> &Path {
         &self.pins.0
     }
+
+    /// Runs the TC program `name` (loaded on first use) on `frame` with `skb->mark` = `mark`.
+    /// The action is the TC verdict (0 = TC_ACT_OK, 2 = TC_ACT_SHOT).
+    pub fn run_tc(&mut self, name: &str, frame: &[u8], mark: u32) -> Result<Outcome> {
+        let prog: &mut SchedClassifier = self
+            .bpf
+            .program_mut(name)
+            .with_context(|| format!("{name} missing"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
+        let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
+        let frame = frame.to_vec();
+        self.ns.run(move || -> Result<Outcome> {
+            pin_cpu(0)?;
+            let mut out = vec![0u8; frame.len() + 512];
+            // struct __sk_buff up to `mark`: len, pkt_type (must be 0), mark.
+            let skb: [u32; 3] = [0, 0, mark];
+            let r = test_run_fd(
+                &fd,
+                &frame,
+                &mut out,
+                bytemuck::cast_slice(&skb),
+                &mut [],
+                1,
+            )?;
+            out.truncate(r.size_out as usize);
+            Ok(Outcome {
+                action: r.action,
+                data: out,
+            })
+        })
+    }
 }
 
 /// `BPF_PROG_TEST_RUN` on `frame` received on `ifindex`, from a thread inside `ns` pinned to
@@ -240,8 +275,17 @@ pub fn test_run_fd(
         repeat,
         ctx_size_in: ctx_in.len() as u32,
         ctx_size_out: ctx_out.len() as u32,
-        ctx_in: ctx_in.as_ptr() as u64,
-        ctx_out: ctx_out.as_mut_ptr() as u64,
+        // Empty means absent (NULL), not a dangling pointer the kernel would try to use.
+        ctx_in: if ctx_in.is_empty() {
+            0
+        } else {
+            ctx_in.as_ptr() as u64
+        },
+        ctx_out: if ctx_out.is_empty() {
+            0
+        } else {
+            ctx_out.as_mut_ptr() as u64
+        },
         ..Default::default()
     };
     const BPF_PROG_TEST_RUN: libc::c_long = 10;

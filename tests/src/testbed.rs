@@ -522,6 +522,8 @@ fn accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool, stats: Arc<
             Ok(()) => {
                 stats.answered.fetch_add(1, Ordering::Relaxed);
             }
+            // Health checks through the tunnel end with a reset.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             Err(e) => eprintln!("echo server {reply_name}: {e}"),
         }) {
             Ok(h) => conns.push((h, handle)),

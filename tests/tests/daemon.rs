@@ -152,8 +152,13 @@ fn start_daemon(bed: &TestBed, pins: &Path, files: &Files) -> ChildGuard {
 /// A bed with the director attached by `lbadm attach` (unless `attach` is false), the peer's
 /// XDP_PASS program and decapsulation on the reals.
 fn bed(prefix: &str, attach: bool) -> (TestBed, PinDir, aya::Ebpf, Decap) {
+    bed_of(prefix, attach, 2)
+}
+
+fn bed_of(prefix: &str, attach: bool, reals: usize) -> (TestBed, PinDir, aya::Ebpf, Decap) {
     let bed = TestBed::new(TestBedOpts {
         prefix: prefix.into(),
+        reals,
         ..Default::default()
     })
     .unwrap();
@@ -455,13 +460,13 @@ fn mysql_check_needs_a_greeting() {
     assert_eq!(reals(0)[0]["health"], "down", "{st}");
     assert_eq!(
         reals(0)[0]["last_result"],
-        "mysql: timeout after 150ms",
+        "mysql: timeout after 150ms (through the tunnel to 198.18.0.100:3306)",
         "{st}"
     );
     assert_eq!(reals(0)[1]["health"], "down", "{st}");
     assert_eq!(
         reals(0)[1]["last_result"],
-        "mysql: ERR 1040 Too many connections",
+        "mysql: ERR 1040 Too many connections (through the tunnel to 198.18.0.100:3306)",
         "{st}"
     );
     assert_eq!(reals(1)[0]["health"], "up", "{st}");
@@ -475,6 +480,199 @@ fn mysql_check_needs_a_greeting() {
         "{log}"
     );
     assert!(log.contains("timeout after 150ms"), "{log}");
+    assert!(daemon.kill().is_ok());
+    detach(&bed, &pins.0);
+}
+
+#[test]
+fn tunnel_check_finds_a_real_without_its_vip() {
+    let (bed, pins, _pass, _decap) = bed("dtu", true);
+    let _servers = bed.start_echo_servers(6033).unwrap();
+    let files = Files::new("tunnel");
+    // The same two reals, checked through the tunnel (6033, the default) and directly (6034).
+    let svc = |port: u16, via: &str| {
+        format!(
+            "[[service]]\nvip = \"198.18.0.100\"\nport = {port}\n[service.check]\ntype = \"tcp\"\nport = 6033\n{via}{FAST}\
+             [[service.real]]\naddress = \"198.18.0.11\"\n[[service.real]]\naddress = \"198.18.0.12\"\n"
+        )
+    };
+    std::fs::write(
+        files.config(),
+        format!(
+            "{}{}{}",
+            header(&pins.0, &files),
+            svc(6033, ""),
+            svc(6034, "via = \"direct\"\n")
+        ),
+    )
+    .unwrap();
+    let daemon = start_daemon(&bed, &pins.0, &files);
+    let d = bed.director();
+    wait_until(
+        "every check passed through the tunnel and directly",
+        Duration::from_secs(5),
+        || {
+            let st = files.status_json();
+            (0..2).all(|s| (0..2).all(|r| st["services"][s]["reals"][r]["last_result"] == "ok"))
+        },
+    );
+    assert_eq!(
+        files.status_json()["services"][0]["reals"][0]["via"],
+        "tunnel"
+    );
+    assert_eq!(
+        files.status_json()["services"][1]["reals"][0]["via"],
+        "direct"
+    );
+
+    // real2 loses its VIP: its own address still answers, the path clients take does not.
+    bed.real(2).del_addr("lo", bed.vip(), 32).unwrap();
+    wait_until(
+        "real2 quiesced by the tunnel check",
+        Duration::from_secs(5),
+        || weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.12") == Some(0),
+    );
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        weight_of(d, &pins.0, "198.18.0.100:6034", "198.18.0.12"),
+        Some(1),
+        "the direct check cannot see it"
+    );
+    assert_eq!(
+        weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11"),
+        Some(1)
+    );
+    let st = files.status_json();
+    let why = st["services"][0]["reals"][1]["last_result"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        why.starts_with(
+            "tcp: timeout after 150ms; nothing came back from 198.18.0.100:6033 through the tunnel"
+        ),
+        "{why}"
+    );
+    assert_eq!(st["services"][1]["reals"][1]["last_result"], "ok", "{st}");
+    // New client connections go only where the tunnel works.
+    assert!(who(&bed, 6033, 10).iter().all(|r| r == "real1"));
+
+    // The VIP back: UP again after `rise` tunnel checks.
+    bed.real(2).add_addr("lo", bed.vip(), 32).unwrap();
+    wait_until("real2 restored", Duration::from_secs(5), || {
+        weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.12") == Some(1)
+    });
+    assert!(daemon.kill().is_ok());
+    detach(&bed, &pins.0);
+}
+
+#[test]
+fn quorum_sorry_server_and_notify_commands() {
+    let (bed, pins, _pass, _decap) = bed_of("dqs", true, 3);
+    let mut servers = bed.start_echo_servers(6033).unwrap();
+    let files = Files::new("quorum");
+    let events = files.dir.join("events");
+    // Commands are argv lists, run without a shell: this one is a shell only because the test
+    // wants to record its environment.
+    let record = format!(
+        "[\"/bin/sh\", \"-c\", \"echo $LBADM_EVENT $LBADM_SERVICE ${{LBADM_REAL:--}} >> {}\"]",
+        events.display()
+    );
+    std::fs::write(
+        files.config(),
+        format!(
+            "{}notify_timeout = \"300ms\"\n[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n\
+             sorry_server = \"198.18.0.13\"\nquorum = 2\nnotify_up = {record}\nnotify_down = {record}\n\
+             quorum_up = {record}\nquorum_down = [\"/bin/sleep\", \"30\"]\n\
+             [service.check]\ntype = \"tcp\"\n{FAST}\
+             [[service.real]]\naddress = \"198.18.0.11\"\n[[service.real]]\naddress = \"198.18.0.12\"\n",
+            header(&pins.0, &files)
+        ),
+    )
+    .unwrap();
+    let daemon = start_daemon(&bed, &pins.0, &files);
+    let d = bed.director();
+    wait_until("both reals checked", Duration::from_secs(5), || {
+        let st = files.status_json();
+        (0..2).all(|r| st["services"][0]["reals"][r]["last_result"] == "ok")
+    });
+    assert_eq!(
+        weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.13"),
+        None
+    );
+
+    // real2 dies: alive weight 1 < quorum 2: the quorum is lost, the sorry server (real3)
+    // takes every new connection, real1 included in the reals taken out.
+    drop(servers.remove(1));
+    wait_until("the sorry server in", Duration::from_secs(5), || {
+        weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.13") == Some(1)
+    });
+    assert_eq!(
+        weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11"),
+        Some(0)
+    );
+    assert_eq!(
+        weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.12"),
+        Some(0)
+    );
+    assert!(who(&bed, 6033, 10).iter().all(|r| r == "real3"));
+    let status = ok(lbadm(
+        d,
+        &pins.0,
+        &["status", "--status-file", files.status().to_str().unwrap()],
+    ));
+    assert!(
+        status.contains("QUORUM LOST: sorry server 198.18.0.13"),
+        "{status}"
+    );
+    // quorum_down (sleep 30) is killed at notify_timeout.
+    wait_until(
+        "the slow notify command killed",
+        Duration::from_secs(3),
+        || {
+            files
+                .log_text()
+                .contains("notify command killed after 0.3s")
+        },
+    );
+
+    // real2 back: quorum regained, the sorry server out, both reals in.
+    servers.push(
+        tcp_echo_server(
+            bed.real(2),
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 6033),
+            "real2",
+        )
+        .unwrap(),
+    );
+    wait_until("the sorry server out", Duration::from_secs(5), || {
+        weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.13").is_none()
+    });
+    let both = who(&bed, 6033, 10);
+    assert!(
+        both.iter().all(|r| r == "real1" || r == "real2"),
+        "{both:?}"
+    );
+    wait_until("the notify commands ran", Duration::from_secs(3), || {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 3
+    });
+    let ev = std::fs::read_to_string(&events).unwrap();
+    // Commands run concurrently: up and quorum_up may finish in either order.
+    let mut lines: Vec<&str> = ev.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "down [198.18.0.100]:tcp:6033 198.18.0.12",
+            "quorum_up [198.18.0.100]:tcp:6033 -",
+            "up [198.18.0.100]:tcp:6033 198.18.0.12",
+        ],
+        "{ev}"
+    );
     assert!(daemon.kill().is_ok());
     detach(&bed, &pins.0);
 }

@@ -1,7 +1,7 @@
 //! The director's XDP program on crafted frames through `BPF_PROG_TEST_RUN`: exact output
 //! bytes and actions.
 
-use lb_common::Reason;
+use lb_common::{PROBE_MARK, Probe, ProbeKey, Reason, ip_be, port_be};
 use lb_tests::{fixture::*, packet::*};
 use lb_userspace::{
     scheduler::Scheduler,
@@ -744,4 +744,141 @@ fn persistent_port_zero_service_takes_every_port() {
         f.run(&syn_from(CLIENT, 3000, 3306)).unwrap().action,
         XDP_PASS
     );
+}
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const PROBE_PORT: u16 = 40123;
+
+fn register_probe(f: &Fixture) -> aya::maps::HashMap<aya::maps::MapData, ProbeKey, Probe> {
+    let data = aya::maps::MapData::from_pin(f.pin_dir().join(lb_common::MAP_PROBES)).unwrap();
+    let mut probes: aya::maps::HashMap<_, ProbeKey, Probe> = aya::maps::Map::from_map_data(data)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    probes
+        .insert(
+            ProbeKey {
+                port: port_be(PROBE_PORT),
+                _pad: 0,
+            },
+            Probe {
+                vip: ip_be(VIP.octets()),
+                real: ip_be(REAL1.octets()),
+                port: port_be(PORT),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    probes
+}
+
+fn probe_counters(probes: &aya::maps::HashMap<aya::maps::MapData, ProbeKey, Probe>) -> (u32, u32) {
+    let p = probes
+        .get(
+            &ProbeKey {
+                port: port_be(PROBE_PORT),
+                _pad: 0,
+            },
+            0,
+        )
+        .unwrap();
+    (p.egress, p.ingress)
+}
+
+/// The daemon's probe to real1:6033 leaves as the director sends client packets: to VIP:6033
+/// inside IPIP to real1, every checksum right (compared with a packet built to the VIP).
+#[test]
+fn tunnel_probe_is_encapsulated_to_its_real() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
+    let probes = register_probe(&f);
+    let payload = b"probe";
+    let out_ip = |dst: Ipv4Addr| {
+        Ipv4::new(
+            DIRECTOR,
+            dst,
+            6,
+            tcp(DIRECTOR, PROBE_PORT, dst, PORT, TCP_SYN, 99, payload),
+        )
+        .bytes()
+    };
+    let frame = eth(REAL1_MAC, f.mac, ETH_P_IP, &out_ip(REAL1));
+
+    // Not a probe (no mark): untouched.
+    let o = f.run_tc(lb_common::PROG_TC_EGRESS, &frame, 0).unwrap();
+    assert_eq!((o.action, &o.data), (TC_ACT_OK, &frame));
+
+    let o = f
+        .run_tc(lb_common::PROG_TC_EGRESS, &frame, PROBE_MARK)
+        .unwrap();
+    assert_eq!(o.action, TC_ACT_OK);
+    let inner = out_ip(VIP);
+    let mut want = eth(
+        REAL1_MAC,
+        f.mac,
+        ETH_P_IP,
+        &expected_outer(&inner, DIRECTOR, REAL1),
+    );
+    want.extend_from_slice(&inner);
+    assert_eq!(o.data, want);
+    assert_eq!(probe_counters(&probes), (1, 0));
+
+    // A marked packet that is not a registered probe, or goes elsewhere, never leaves bare.
+    let stray = eth(
+        REAL2_MAC,
+        f.mac,
+        ETH_P_IP,
+        &Ipv4::new(
+            DIRECTOR,
+            REAL2,
+            6,
+            tcp(DIRECTOR, PROBE_PORT, REAL2, PORT, TCP_SYN, 99, b""),
+        )
+        .bytes(),
+    );
+    let o = f
+        .run_tc(lb_common::PROG_TC_EGRESS, &stray, PROBE_MARK)
+        .unwrap();
+    assert_eq!(o.action, TC_ACT_SHOT);
+    let unregistered = client_tcp(DIRECTOR, PROBE_PORT + 1, REAL1, PORT, TCP_SYN, b"");
+    let o = f
+        .run_tc(lb_common::PROG_TC_EGRESS, &unregistered, PROBE_MARK)
+        .unwrap();
+    assert_eq!(o.action, TC_ACT_SHOT);
+}
+
+/// The real's answer from VIP:6033 gets real1's address back, so the probe socket (connected
+/// to real1:6033) accepts it; other packets from the VIP are left alone.
+#[test]
+fn tunnel_probe_reply_gets_its_real_address_back() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
+    let probes = register_probe(&f);
+    let mac = f.mac;
+    let reply = |src: Ipv4Addr, dport: u16| {
+        eth(
+            mac,
+            REAL1_MAC,
+            ETH_P_IP,
+            &Ipv4::new(
+                src,
+                DIRECTOR,
+                6,
+                tcp(src, PORT, DIRECTOR, dport, TCP_SYN | TCP_ACK, 5, b"hello"),
+            )
+            .bytes(),
+        )
+    };
+    let o = f
+        .run_tc(lb_common::PROG_TC_INGRESS, &reply(VIP, PROBE_PORT), 0)
+        .unwrap();
+    assert_eq!(o.action, TC_ACT_OK);
+    assert_eq!(o.data, reply(REAL1, PROBE_PORT));
+    assert_eq!(probe_counters(&probes), (0, 1));
+    let other = reply(VIP, PROBE_PORT + 1);
+    let o = f.run_tc(lb_common::PROG_TC_INGRESS, &other, 0).unwrap();
+    assert_eq!((o.action, &o.data), (TC_ACT_OK, &other));
+    assert_eq!(probe_counters(&probes), (0, 1));
 }

@@ -8,8 +8,10 @@
 
 use aya_ebpf::{
     bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_PSEUDO_HDR,
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        TC_ACT_OK, bpf_fib_lookup as FibParams, bpf_redir_neigh, xdp_action,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode, bpf_fib_lookup as FibParams, bpf_redir_neigh,
+        xdp_action,
     },
     helpers::{
         bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_redirect,
@@ -23,9 +25,10 @@ use aya_log_ebpf::{debug, warn};
 use lb_common::{
     CONN_CLOSE, CONN_ESTABLISHED, CONN_F_PERSIST, CONN_FIN_WAIT, CONN_SYN_RECV, CONN_UDP, Config,
     Conn, ConnKey, Counters, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, MAX_CONNS, MAX_PERSIST,
-    MAX_REALS, MAX_SERVICES, NEIGH_META_MAGIC, NEXTHOP_TTL_NS, NeighMeta, NextHop, Persist,
-    PersistKey, REAL_F_IN_USE, REASON_COUNT, Real, Reason, SCHED_MH, SCHED_SLOTS, SchedTable,
-    Service, ServiceKey, VIP_FILTER_WORDS, conn_timeout_secs, vip_filter_bit,
+    MAX_PROBES, MAX_REALS, MAX_SERVICES, NEIGH_META_MAGIC, NEXTHOP_TTL_NS, NeighMeta, NextHop,
+    PROBE_MARK, Persist, PersistKey, Probe, ProbeKey, REAL_F_IN_USE, REASON_COUNT, Real, Reason,
+    SCHED_MH, SCHED_SLOTS, SchedTable, Service, ServiceKey, VIP_FILTER_WORDS, conn_timeout_secs,
+    vip_filter_bit,
 };
 use lb_ebpf::{
     csum,
@@ -71,6 +74,9 @@ static PERSIST: LruHashMap<PersistKey, Persist> = LruHashMap::pinned(MAX_PERSIST
 
 #[map(name = "LB_NEXTHOPS")]
 static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::pinned(MAX_REALS, 0);
+
+#[map(name = "LB_PROBES")]
+static PROBES: HashMap<ProbeKey, Probe> = HashMap::pinned(MAX_PROBES, 0);
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 /// `last_seen` is rewritten only when it is this stale: a write per packet would bounce the
@@ -718,7 +724,7 @@ fn encapsulate(
 }
 
 /// XDP cannot wait for ARP. Leave the next hop in the packet's metadata and pass it up; the TC
-/// ingress program `lb_tc_neigh` sends it with `bpf_redirect_neigh`, which resolves the
+/// ingress program `lb_tc_ingress` sends it with `bpf_redirect_neigh`, which resolves the
 /// neighbour and queues the packet meanwhile.
 #[inline(always)]
 fn hand_to_tc(ctx: &XdpContext, ifindex: u32, nexthop: u32) -> Result<Verdict, Verdict> {
@@ -746,27 +752,153 @@ fn hand_to_tc(ctx: &XdpContext, ifindex: u32, nexthop: u32) -> Result<Verdict, V
 }
 
 #[classifier]
-pub fn lb_tc_neigh(ctx: TcContext) -> i32 {
+pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
+    if let Some(action) = redirect_neigh(&ctx) {
+        return action;
+    }
+    let _ = unwrap_probe_reply(&ctx);
+    TC_ACT_OK
+}
+
+/// A packet the XDP program handed over (see [`hand_to_tc`]) leaves with `bpf_redirect_neigh`.
+#[inline(always)]
+fn redirect_neigh(ctx: &TcContext) -> Option<i32> {
     let skb = ctx.skb.skb;
     let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
     if meta + core::mem::size_of::<NeighMeta>() > data {
-        return TC_ACT_OK;
+        return None;
     }
     let m = unsafe { *(meta as *const NeighMeta) };
     if m.magic != NEIGH_META_MAGIC {
-        return TC_ACT_OK;
+        return None;
     }
     let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
     nh.nh_family = AF_INET as u32;
     nh.__bindgen_anon_1.ipv4_nh = m.nexthop;
-    unsafe {
+    Some(unsafe {
         bpf_redirect_neigh(
             m.ifindex,
             &mut nh,
             core::mem::size_of::<bpf_redir_neigh>() as i32,
             0,
         ) as i32
+    })
+}
+
+const IP_CHECK_OFF: usize = ETH_HLEN + 10;
+const IP_SADDR_OFF: usize = ETH_HLEN + 12;
+const IP_DADDR_OFF: usize = ETH_HLEN + 16;
+const TCP_OFF: usize = ETH_HLEN + IPV4_HLEN;
+const TCP_CHECK_OFF: usize = TCP_OFF + 16;
+
+/// The tunnel probe's socket is connected to the real's own address, so its replies, which
+/// the real sends from the VIP, get their source rewritten back. (The director owns the VIP:
+/// its stack would drop a packet from its own address as a martian.)
+#[inline(always)]
+fn unwrap_probe_reply(ctx: &TcContext) -> Result<(), i64> {
+    let proto: u16 = ctx.load(12)?;
+    if proto != ETH_P_IP {
+        return Ok(());
     }
+    let ip: Ipv4Hdr = ctx.load(ETH_HLEN)?;
+    if ip.ver_ihl != 0x45 || ip.proto != IPPROTO_TCP {
+        return Ok(());
+    }
+    let bit = vip_filter_bit(ip.saddr);
+    match VIP_FILTER.get(bit >> 6) {
+        Some(w) if *w & (1u64 << (bit & 63)) != 0 => {}
+        _ => return Ok(()),
+    }
+    let ports: [u16; 2] = ctx.load(TCP_OFF)?;
+    let Some(probe) = PROBES.get_ptr_mut(&ProbeKey {
+        port: ports[1],
+        _pad: 0,
+    }) else {
+        return Ok(());
+    };
+    let p = unsafe { &mut *probe };
+    if p.vip != ip.saddr || p.port != ports[0] {
+        return Ok(());
+    }
+    let tunnel_src = CONFIG.get(0).map(|c| c.tunnel_src).unwrap_or(0);
+    if ip.daddr != tunnel_src {
+        return Ok(());
+    }
+    replace_addr(ctx, IP_SADDR_OFF, p.vip, p.real)?;
+    p.ingress = p.ingress.wrapping_add(1);
+    Ok(())
+}
+
+/// Rewrites one IPv4 address of a TCP packet, with both checksums.
+#[inline(always)]
+fn replace_addr(ctx: &TcContext, off: usize, from: u32, to: u32) -> Result<(), i64> {
+    ctx.l4_csum_replace(
+        TCP_CHECK_OFF,
+        from as u64,
+        to as u64,
+        (BPF_F_PSEUDO_HDR | 4) as u64,
+    )?;
+    ctx.l3_csum_replace(IP_CHECK_OFF, from as u64, to as u64, 4)?;
+    ctx.store(off, &to, 0)
+}
+
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    if unsafe { (*ctx.skb.skb).mark } != PROBE_MARK {
+        return TC_ACT_OK;
+    }
+    // A marked packet leaves encapsulated or not at all.
+    match encapsulate_probe(&ctx) {
+        Ok(()) => TC_ACT_OK,
+        Err(_) => TC_ACT_SHOT,
+    }
+}
+
+/// Sends a probe the way the director sends client packets: to VIP:port, inside IPIP to the
+/// real, from the tunnel source.
+#[inline(always)]
+fn encapsulate_probe(ctx: &TcContext) -> Result<(), i64> {
+    let proto: u16 = ctx.load(12)?;
+    let ip: Ipv4Hdr = ctx.load(ETH_HLEN)?;
+    if proto != ETH_P_IP || ip.ver_ihl != 0x45 || ip.proto != IPPROTO_TCP {
+        return Err(-1);
+    }
+    let sport: u16 = ctx.load(TCP_OFF)?;
+    let probe = PROBES
+        .get_ptr_mut(&ProbeKey {
+            port: sport,
+            _pad: 0,
+        })
+        .ok_or(-1i64)?;
+    let p = unsafe { &mut *probe };
+    let tunnel_src = CONFIG.get(0).map(|c| c.tunnel_src).unwrap_or(0);
+    let inner_len = u16::from_be(ip.tot_len) as u32;
+    if ip.daddr != p.real || tunnel_src == 0 || inner_len + IPV4_HLEN as u32 > 0xffff {
+        return Err(-1);
+    }
+    replace_addr(ctx, IP_DADDR_OFF, p.real, p.vip)?;
+    ctx.adjust_room(
+        IPV4_HLEN as i32,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC as u32,
+        (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO) as u64,
+    )?;
+    let mut h = Ipv4Hdr {
+        ver_ihl: 0x45,
+        tos: ip.tos,
+        tot_len: ((inner_len + IPV4_HLEN as u32) as u16).to_be(),
+        id: ip.id,
+        frag_off: ip.frag_off & IP_DF.to_be(),
+        ttl: ip.ttl,
+        proto: IPPROTO_IPIP,
+        check: 0,
+        saddr: tunnel_src,
+        daddr: p.real,
+    };
+    let words: [u16; 10] = unsafe { core::mem::transmute(h) };
+    h.check = csum::ipv4_header(&words);
+    ctx.store(ETH_HLEN, &h, 0)?;
+    p.egress = p.egress.wrapping_add(1);
+    Ok(())
 }
 
 /// Turns the packet into an ICMP error back to its sender, quoting its IP header and the first

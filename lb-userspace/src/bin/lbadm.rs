@@ -416,8 +416,13 @@ fn print_health(h: &serde_json::Value, file: &std::path::Path) {
         if alive { "" } else { ", NOT running" }
     );
     for s in h["services"].as_array().into_iter().flatten() {
+        let quorum = match (s["quorum"].as_bool(), s["sorry_server"].as_str()) {
+            (Some(false), Some(sorry)) => format!(" QUORUM LOST: sorry server {sorry}"),
+            (Some(false), None) => " QUORUM LOST".to_string(),
+            _ => String::new(),
+        };
         println!(
-            "  {} {} on_failure={}",
+            "  {} {} on_failure={}{quorum}",
             s["service"].as_str().unwrap_or("?"),
             s["scheduler"].as_str().unwrap_or("?"),
             s["on_failure"].as_str().unwrap_or("?")
@@ -429,11 +434,12 @@ fn print_health(h: &serde_json::Value, file: &std::path::Path) {
                 .map(|l| format!(", {l:.1} ms"))
                 .unwrap_or_default();
             println!(
-                "    -> {:<15} {:<4} weight {:<5} {} for {since:.0}s, last check: {}{latency}",
+                "    -> {:<15} {:<4} weight {:<5} {} via {} for {since:.0}s, last check: {}{latency}",
                 r["address"].as_str().unwrap_or("?"),
                 r["health"].as_str().unwrap_or("?").to_uppercase(),
                 r["weight"],
                 r["check"].as_str().unwrap_or("?"),
+                r["via"].as_str().unwrap_or("?"),
                 r["last_result"].as_str().unwrap_or("none yet"),
             );
         }

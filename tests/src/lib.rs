@@ -5,10 +5,16 @@ pub mod netns;
 pub mod packet;
 pub mod testbed;
 
-/// The `lbadm` binary of this build (cargo builds it next to the test executables' `deps`).
+/// The `lbadm` binary of this build: next to a binary of this crate (`lb-bench`, `lb-demo`), or
+/// next to the test executables' `deps`.
 pub fn lbadm_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let here = exe.parent().expect("target dir");
+    let dir = if here.join("lbadm").exists() {
+        here
+    } else {
+        here.parent().expect("target dir")
+    };
     let bin = dir.join("lbadm");
     assert!(
         bin.exists(),

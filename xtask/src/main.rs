@@ -134,6 +134,8 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Command::Bench { args } => {
             setup::setup(&ctx)?;
+            // The health-check bench runs the release `lbadm` next to `lb-bench`.
+            build(&ctx, true)?;
             let mut cmd = ctx.cargo();
             cmd.args([
                 "run",

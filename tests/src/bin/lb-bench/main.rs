@@ -26,6 +26,8 @@ use lb_userspace::{
 };
 use std::{net::Ipv4Addr, os::fd::AsFd};
 
+mod health;
+
 const TEMPLATE_MAX: usize = 128;
 
 #[repr(C)]
@@ -50,20 +52,34 @@ unsafe impl aya::Pod for NextHop {}
 struct Args {
     repeat: u32,
     rounds: usize,
+    only: Option<String>,
 }
+
+const SECTIONS: [&str; 3] = ["datapath", "cli", "health"];
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
         repeat: 200_000,
         rounds: 9,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--repeat" => a.repeat = it.next().context("--repeat N")?.parse()?,
             "--rounds" => a.rounds = it.next().context("--rounds N")?.parse()?,
+            "--only" => {
+                let s = it.next().context("--only SECTION")?;
+                if !SECTIONS.contains(&s.as_str()) {
+                    bail!("unknown section {s}: one of {}", SECTIONS.join(", "));
+                }
+                a.only = Some(s);
+            }
             "-h" | "--help" => {
-                println!("lb-bench [--repeat N (200000)] [--rounds N (9)]");
+                println!(
+                    "lb-bench [--repeat N (200000)] [--rounds N (9)] [--only {}]",
+                    SECTIONS.join("|")
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (try --help)"),
@@ -75,8 +91,21 @@ fn parse_args() -> Result<Args> {
 fn main() -> Result<()> {
     let args = parse_args()?;
     datapath::ensure_root()?;
-    let (ns, ifindex, mac) = fixture::fixture_netns()?;
-    ns.run(move || bench(&args, ifindex, mac))
+    let run = |s: &str| args.only.as_deref().is_none_or(|o| o == s);
+    if run("datapath") {
+        let (ns, ifindex, mac) = fixture::fixture_netns()?;
+        ns.run(|| bench(&args, ifindex, mac))?;
+        println!();
+    }
+    if run("cli") {
+        bench_cli()?;
+        println!();
+    }
+    if run("health") {
+        health::bench()?;
+        println!();
+    }
+    Ok(())
 }
 
 fn xdp<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
@@ -311,8 +340,7 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
         verdict(est_c / floor <= 3.0),
         verdict(nonvip / empty <= 1.5)
     );
-    println!();
-    bench_cli()
+    Ok(())
 }
 
 /// `lbadm -R` of 1,000 services x 10 reals and `lbadm -L -n` of that table, in process, on

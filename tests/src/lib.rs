@@ -1,6 +1,7 @@
 pub mod assertions;
 pub mod fixture;
 pub mod lbbed;
+pub mod mysqlbed;
 pub mod netns;
 pub mod packet;
 pub mod testbed;

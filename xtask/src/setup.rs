@@ -33,8 +33,7 @@ struct AptPackage {
 }
 
 /// Debian packages to install (only the missing ones, with `--no-install-recommends`: list a
-/// recommended package here if it is needed). Add more here, e.g. `mariadb-server`, `sysbench`,
-/// `haproxy`, `qemu-system-x86`.
+/// recommended package here if it is needed).
 const APT_PACKAGES: &[AptPackage] = &[
     AptPackage {
         name: "iproute2",
@@ -50,6 +49,21 @@ const APT_PACKAGES: &[AptPackage] = &[
         name: "nftables",
         required: true,
         purpose: "`nft`, which the doctor tests use to create an IPIP-dropping rule in a namespace",
+    },
+    AptPackage {
+        name: "mariadb-server",
+        required: true,
+        purpose: "MariaDB (the protocol ProxySQL speaks) on the reals of the demo, test and bench",
+    },
+    AptPackage {
+        name: "sysbench",
+        required: true,
+        purpose: "MySQL clients of the demo, test and bench",
+    },
+    AptPackage {
+        name: "haproxy",
+        required: true,
+        purpose: "the TCP-mode proxy lbadm is compared with in `cargo xtask bench`",
     },
     AptPackage {
         name: "bpftool",
@@ -407,6 +421,34 @@ fn build_bpf_linker(ctx: &Ctx, toolchain: &Toolchain) -> Result<()> {
         .with_context(|| format!("cannot write {}", stamp_path(ctx).display()))
 }
 
+/// `/usr/sbin/policy-rc.d` answering "no" (101) while it lives, unless one exists already
+/// (container images ship one), which is then left alone.
+struct PolicyRcD(Option<PathBuf>);
+
+impl PolicyRcD {
+    fn install() -> Result<PolicyRcD> {
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(PolicyRcD(None));
+        }
+        fs::write(
+            &path,
+            "#!/bin/sh\n# cargo xtask setup: do not start services\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(PolicyRcD(Some(path)))
+    }
+}
+
+impl Drop for PolicyRcD {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
 fn symlink(target: &Path, link: &Path) -> Result<()> {
     if link.symlink_metadata().is_ok() {
         fs::remove_file(link).with_context(|| format!("cannot remove {}", link.display()))?;
@@ -471,6 +513,9 @@ fn ensure_apt_packages(ctx: &Ctx) -> Result<()> {
     if !install.is_empty() {
         let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
         args.extend(&install);
+        // Packages with services (mariadb-server, haproxy) must not start them: the tests
+        // run their own instances inside namespaces.
+        let _no_services = PolicyRcD::install()?;
         ctx.run(&mut apt_get(&args))?;
     }
     let still_missing = missing_packages(&install)?;

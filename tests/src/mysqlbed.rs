@@ -260,6 +260,26 @@ impl MariaDb {
         Ok(())
     }
 
+    /// Connections of the sysbench user the server has now (None while it is down): what the
+    /// backend sees, unlike the director, which only sees the inbound half.
+    pub fn client_connections(&self) -> Option<u32> {
+        self.child.as_ref()?;
+        let out = Command::new("/usr/bin/mariadb")
+            .arg(format!("--socket={}", self.data().join("sock").display()))
+            .args([
+                "-uroot",
+                "-N",
+                "-e",
+                &format!(
+                    "SELECT COUNT(*) FROM information_schema.processlist WHERE user = '{USER}'"
+                ),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
     /// SIGKILL, as a crash: clients see their connections reset.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(c) = self.child.take() {

@@ -163,8 +163,11 @@ pub fn eth_vlan(dst: [u8; 6], src: [u8; 6], vid: u16, ethertype: u16, payload: &
     f
 }
 
-/// A client's TCP frame to the director.
-pub fn client_tcp(
+/// A TCP frame from `src_mac` to `dst_mac`, client to VIP.
+#[allow(clippy::too_many_arguments)]
+pub fn client_tcp_to(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
     client: Ipv4Addr,
     sport: u16,
     vip: Ipv4Addr,
@@ -174,10 +177,31 @@ pub fn client_tcp(
 ) -> Vec<u8> {
     let seg = tcp(client, sport, vip, dport, flags, 1000, payload);
     eth(
-        DIRECTOR_MAC,
-        CLIENT_MAC,
+        dst_mac,
+        src_mac,
         ETH_P_IP,
         &Ipv4::new(client, vip, 6, seg).bytes(),
+    )
+}
+
+/// A client's TCP frame to the director.
+pub fn client_tcp(
+    client: Ipv4Addr,
+    sport: u16,
+    vip: Ipv4Addr,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    client_tcp_to(
+        DIRECTOR_MAC,
+        CLIENT_MAC,
+        client,
+        sport,
+        vip,
+        dport,
+        flags,
+        payload,
     )
 }
 

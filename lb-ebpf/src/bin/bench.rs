@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use lb_ebpf::hdr::{ETH_HLEN, EthHdr, IPV4_HLEN, ptr_at};
+use lb_ebpf::hdr::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, ptr_at};
 
 pub const TEMPLATE_MAX: usize = 128;
 
@@ -188,3 +188,31 @@ fn restore(ctx: &XdpContext) -> Option<()> {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// The reflector the director's forwarding rate is compared with on the veth path: the least an
+/// XDP forwarder does (rewrite the MACs, transmit on the same port), without parsing or
+/// encapsulating.
+#[xdp]
+pub fn bench_reflect(ctx: XdpContext) -> u32 {
+    let Some(nh) = NEXT_HOP.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    match set_macs(&ctx, nh.dmac, nh.smac) {
+        xdp_action::XDP_PASS => xdp_action::XDP_TX,
+        other => other,
+    }
+}
+
+/// The receiving end of the packet-rate bench: counts and drops IPv4 (passes ARP, so the
+/// sender can resolve this host).
+#[xdp]
+pub fn bench_sink(ctx: XdpContext) -> u32 {
+    match ptr_at::<EthHdr>(&ctx, 0) {
+        Some(eth) if unsafe { (*eth).proto } == ETH_P_IP => {}
+        _ => return xdp_action::XDP_PASS,
+    }
+    if let Some(c) = COUNTER.get_ptr_mut(0) {
+        unsafe { *c = (*c).wrapping_add(1) };
+    }
+    xdp_action::XDP_DROP
+}

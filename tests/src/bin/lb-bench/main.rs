@@ -27,6 +27,8 @@ use lb_userspace::{
 use std::{net::Ipv4Addr, os::fd::AsFd};
 
 mod health;
+mod mysql;
+mod pps;
 
 const TEMPLATE_MAX: usize = 128;
 
@@ -53,15 +55,17 @@ struct Args {
     repeat: u32,
     rounds: usize,
     only: Option<String>,
+    svg: std::path::PathBuf,
 }
 
-const SECTIONS: [&str; 3] = ["datapath", "cli", "health"];
+const SECTIONS: [&str; 5] = ["datapath", "cli", "health", "pps", "mysql"];
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
         repeat: 200_000,
         rounds: 9,
         only: None,
+        svg: "target/bench/failover.svg".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -75,9 +79,10 @@ fn parse_args() -> Result<Args> {
                 }
                 a.only = Some(s);
             }
+            "--svg" => a.svg = it.next().context("--svg PATH")?.into(),
             "-h" | "--help" => {
                 println!(
-                    "lb-bench [--repeat N (200000)] [--rounds N (9)] [--only {}]",
+                    "lb-bench [--repeat N (200000)] [--rounds N (9)] [--only {}] [--svg PATH (target/bench/failover.svg)]",
                     SECTIONS.join("|")
                 );
                 std::process::exit(0);
@@ -103,6 +108,14 @@ fn main() -> Result<()> {
     }
     if run("health") {
         health::bench()?;
+        println!();
+    }
+    if run("pps") {
+        pps::bench()?;
+        println!();
+    }
+    if run("mysql") {
+        mysql::bench(&args.svg)?;
         println!();
     }
     Ok(())

@@ -1,0 +1,292 @@
+//! Packets per second forwarded by the director on the veth path, against an XDP program that
+//! only reflects packets (`bench_reflect`: rewrite the MACs, XDP_TX) on the same path.
+//!
+//! The client blasts frames of 256 established TCP flows to VIP:6033 from AF_PACKET sockets
+//! (one per CPU); the director forwards them (lbadm: parse, conntrack, encapsulate, XDP_TX; the
+//! reflector: MAC rewrite, XDP_TX); real1's eth0 counts and drops them in XDP (`bench_sink`).
+//! Rounds alternate between the two so both see the same machine state.
+
+use anyhow::{Context as _, Result, ensure};
+use aya::{
+    Ebpf,
+    maps::{Array, PerCpuArray},
+    programs::{Xdp, XdpMode},
+};
+use lb_tests::{
+    fixture::PinDir,
+    lbadm_bin,
+    lbbed::attach_pass,
+    netns::Netns,
+    packet::{self, TCP_ACK, TCP_SYN},
+    testbed::{TestBed, TestBedOpts},
+};
+use std::{
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+const FLOWS: u16 = 256;
+const ROUND: Duration = Duration::from_secs(3);
+const ROUNDS: usize = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NextHop {
+    dst: u32,
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+unsafe impl aya::Pod for NextHop {}
+
+pub fn bench() -> Result<()> {
+    let bed = TestBed::new(TestBedOpts {
+        reals: 1,
+        prefix: "pps".into(),
+        ..Default::default()
+    })?;
+    let peer = bed.director_host().bridge_port().index;
+    let _pass = bed.bridge().run(move || attach_pass(peer))?;
+    // The sink on real1.
+    let real_if = bed.real_eth0(1).index;
+    let mut sink = bed.real(1).run(move || -> Result<Ebpf> {
+        let mut bpf = Ebpf::load(lb_userspace::objects::BENCH)?;
+        let p: &mut Xdp = bpf
+            .program_mut("bench_sink")
+            .context("bench_sink")?
+            .try_into()?;
+        p.load()?;
+        p.attach_to_if_index(real_if, XdpMode::Driver)?;
+        Ok(bpf)
+    })?;
+    let counter: PerCpuArray<_, u32> =
+        PerCpuArray::try_from(sink.map_mut("BENCH_CTR").context("BENCH_CTR")?)?;
+    let count = || -> Result<u64> { Ok(counter.get(&0, 0)?.iter().map(|&c| u64::from(c)).sum()) };
+
+    let frames: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|i| {
+            packet::client_tcp_to(
+                bed.director_eth0().mac,
+                bed.client_eth0().mac,
+                bed.client_addr(),
+                20000 + i,
+                bed.vip(),
+                6033,
+                TCP_ACK,
+                &[0u8; 18],
+            )
+        })
+        .collect();
+    let syns: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|i| {
+            packet::client_tcp_to(
+                bed.director_eth0().mac,
+                bed.client_eth0().mac,
+                bed.client_addr(),
+                20000 + i,
+                bed.vip(),
+                6033,
+                TCP_SYN,
+                &[],
+            )
+        })
+        .collect();
+    let client_if = bed.client_eth0().index;
+    let cpus = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let socks: Vec<OwnedFd> = (0..cpus)
+        .map(|_| bed.client().run(|| raw_socket(client_if)))
+        .collect::<Result<_>>()?;
+
+    let mut lb_rates = Vec::new();
+    let mut reflect_rates = Vec::new();
+    for _ in 0..ROUNDS {
+        // lbadm's director.
+        let pins = PinDir::new("pps");
+        lbadm(bed.director(), &pins, &["attach", "--iface", "eth0"])?;
+        lbadm(
+            bed.director(),
+            &pins,
+            &["-A", "-t", &format!("{}:6033", bed.vip()), "-s", "rr"],
+        )?;
+        lbadm(
+            bed.director(),
+            &pins,
+            &[
+                "-a",
+                "-t",
+                &format!("{}:6033", bed.vip()),
+                "-r",
+                &bed.real_addr(1).to_string(),
+                "-i",
+            ],
+        )?;
+        send_all(&socks[0], &syns)?;
+        thread::sleep(Duration::from_millis(200));
+        lb_rates.push(blast(&socks, &frames, &count)?);
+        lbadm(bed.director(), &pins, &["detach"])?;
+
+        // The reflector on the same port.
+        let dir_if = bed.director_eth0().index;
+        let nh = NextHop {
+            dst: 0,
+            ifindex: dir_if,
+            smac: bed.director_eth0().mac,
+            dmac: bed.real_eth0(1).mac,
+        };
+        let reflector = bed.director().run(move || -> Result<Ebpf> {
+            let mut bpf = Ebpf::load(lb_userspace::objects::BENCH)?;
+            let mut m: Array<_, NextHop> =
+                Array::try_from(bpf.map_mut("BENCH_NH").context("BENCH_NH")?)?;
+            m.set(0, nh, 0)?;
+            let p: &mut Xdp = bpf
+                .program_mut("bench_reflect")
+                .context("bench_reflect")?
+                .try_into()?;
+            p.load()?;
+            p.attach_to_if_index(dir_if, XdpMode::Driver)?;
+            Ok(bpf)
+        })?;
+        reflect_rates.push(blast(&socks, &frames, &count)?);
+        drop(reflector);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (lb, re) = (med(&mut lb_rates), med(&mut reflect_rates));
+    println!(
+        "forwarded packet rate on the veth path ({cpus} sender threads, 64-byte frames of {FLOWS} established flows, \
+         {ROUNDS} alternating rounds of {}s, medians):",
+        ROUND.as_secs()
+    );
+    println!(
+        "  reflector (MAC rewrite + XDP_TX)   {:>10.0} packets/s",
+        re
+    );
+    println!(
+        "  lbadm director (encap + XDP_TX)    {:>10.0} packets/s = {:.2} x the reflector (target >= 0.9: {})",
+        lb,
+        lb / re,
+        if lb / re >= 0.9 { "met" } else { "MISSED" }
+    );
+    Ok(())
+}
+
+fn lbadm(ns: &Netns, pins: &PinDir, args: &[&str]) -> Result<()> {
+    let o = ns
+        .command(lbadm_bin())
+        .env("LBADM_PIN_DIR", &pins.0)
+        .args(args)
+        .output()?;
+    ensure!(
+        o.status.success(),
+        "lbadm {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(())
+}
+
+fn raw_socket(ifindex: u32) -> Result<OwnedFd> {
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        )
+    };
+    ensure!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // Straight to the driver: the qdisc is not what is measured.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "bind AF_PACKET: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(fd)
+}
+
+/// Sends every frame once (sendmmsg, batches of 64). Returns how many the kernel took.
+fn send_all(fd: &OwnedFd, frames: &[Vec<u8>]) -> Result<usize> {
+    let mut sent = 0;
+    for chunk in frames.chunks(64) {
+        let mut iov: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|f| libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = v;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0) };
+        if n > 0 {
+            sent += n as usize;
+        }
+    }
+    Ok(sent)
+}
+
+/// Sends `frames` round-robin from every socket for one round; the sink's packets per second.
+fn blast(socks: &[OwnedFd], frames: &[Vec<u8>], count: &dyn Fn() -> Result<u64>) -> Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let before = count()?;
+    let t0 = Instant::now();
+    thread::scope(|s| {
+        for (i, fd) in socks.iter().enumerate() {
+            let stop = stop.clone();
+            s.spawn(move || {
+                let _ = lb_tests::fixture::pin_cpu(i);
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = send_all(fd, frames);
+                }
+            });
+        }
+        thread::sleep(ROUND);
+        stop.store(true, Ordering::Relaxed);
+    });
+    let took = t0.elapsed();
+    // Let the last packets drain.
+    thread::sleep(Duration::from_millis(100));
+    let n = count()? - before;
+    Ok(n as f64 / took.as_secs_f64())
+}

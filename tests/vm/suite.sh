@@ -49,5 +49,9 @@ if [ $# -eq 0 ]; then
   echo "vm-suite: ===== ipvsadm-side-by-side ====="
   sh "$(dirname "$0")/ipvsadm-side-by-side.sh" "$lbadm" 2>&1 | tee "$VM_RUN/side-by-side.log"
   [ -s "$VM_RUN/side-by-side.log" ] && grep -q ' 0 different$' "$VM_RUN/side-by-side.log" || status=1
+  # Kernel IPVS-TUN and the lbadm director on the same bed, same traffic, same tunl0 reals.
+  echo "vm-suite: ===== ipvs-vs-lbadm ====="
+  sh "$(dirname "$0")/ipvs-vs-lbadm.sh" "$lbadm" 2>&1 | tee "$VM_RUN/ipvs-vs-lbadm.log"
+  grep -q '^ipvs-vs-lbadm: PASS' "$VM_RUN/ipvs-vs-lbadm.log" || status=1
 fi
 exit $status

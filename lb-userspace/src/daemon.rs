@@ -7,10 +7,13 @@
 //!   more (`quiesce`), or a real missing from a service the maps already hold (`remove`),
 //!   starts DOWN and needs `rise` successes. Every other real starts UP (keepalived without
 //!   `alpha`).
-//! * Each real is checked by its own task, with a random start offset and random jitter per
-//!   interval. fall/rise decide its health; a change is one transaction (lock, read, edit that
-//!   real, [`Maps::apply_locked`]): weight 0 (`quiesce`) or removal (`remove`) on DOWN, the
-//!   configured weight on UP.
+//! * Each real is checked by its own task (through the tunnel unless `via = "direct"`, see
+//!   [`crate::probe`]), with a random start offset and random jitter per interval. fall/rise
+//!   decide its health; a change is one transaction on that service (lock, read, edit,
+//!   [`Maps::apply_locked`]): weight 0 (`quiesce`) or removal (`remove`) on DOWN, the
+//!   configured weight on UP; while the service's quorum (sum of UP weights, with hysteresis)
+//!   is lost, its sorry server, if any, replaces the reals. Notify commands (argv, no shell,
+//!   killed after `notify_timeout`) run on every change.
 //! * SIGHUP: re-read the file; a broken file is logged and ignored. Otherwise the difference is
 //!   applied; unchanged reals keep their health, their checker and their connections.
 //! * SIGTERM/SIGINT: exit, leaving the maps as they are; the data path does not need the daemon.

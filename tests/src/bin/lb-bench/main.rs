@@ -58,7 +58,7 @@ struct Args {
     svg: std::path::PathBuf,
 }
 
-const SECTIONS: [&str; 5] = ["datapath", "cli", "health", "pps", "mysql"];
+const SECTIONS: [&str; 6] = ["datapath", "cli", "health", "pps", "mysql", "failover"];
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
@@ -115,7 +115,11 @@ fn main() -> Result<()> {
         println!();
     }
     if run("mysql") {
-        mysql::bench(&args.svg)?;
+        mysql::side_by_side()?;
+        println!();
+    }
+    if run("failover") {
+        mysql::failover_chart(&args.svg)?;
         println!();
     }
     Ok(())

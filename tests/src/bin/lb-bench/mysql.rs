@@ -17,15 +17,10 @@ use std::{
 };
 
 const THREADS: u32 = 8;
-const SECONDS: u32 = 10;
-const ROUNDS: usize = 3;
+const SECONDS: u32 = 8;
+const ROUNDS: usize = 5;
 const TABLE_SIZE: u32 = 10_000;
 const HAPROXY_PORT: u16 = 7033;
-
-pub fn bench(svg: &Path) -> Result<()> {
-    side_by_side()?;
-    failover_chart(svg)
-}
 
 fn point_select(my: &MysqlBed, target: SocketAddr) -> Result<Summary> {
     Sysbench::start(
@@ -42,7 +37,7 @@ fn point_select(my: &MysqlBed, target: SocketAddr) -> Result<Summary> {
     .finish()
 }
 
-fn side_by_side() -> Result<()> {
+pub fn side_by_side() -> Result<()> {
     // One real: the three paths end at the same MariaDB.
     let my = MysqlBed::new(MysqlBedOpts {
         prefix: "sbs".into(),
@@ -81,49 +76,56 @@ fn side_by_side() -> Result<()> {
         ("HAProxy", haproxy),
     ];
     let mut results: Vec<Vec<Summary>> = vec![Vec::new(); paths.len()];
-    for _ in 0..ROUNDS {
-        for (i, (_, target)) in paths.iter().enumerate() {
-            results[i].push(point_select(&my, *target)?);
+    for round in 0..ROUNDS {
+        // Every other round in reverse order, so drift does not favour one path.
+        let mut order: Vec<usize> = (0..paths.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            results[i].push(point_select(&my, paths[i].1)?);
         }
     }
-    let med = |v: &[Summary], f: fn(&Summary) -> f64| {
-        let mut x: Vec<f64> = v.iter().map(f).collect();
+    let med = |mut x: Vec<f64>| {
         x.sort_by(f64::total_cmp);
         x[x.len() / 2]
     };
-    let tps: Vec<f64> = results.iter().map(|r| med(r, |s| s.tps)).collect();
-    let p95: Vec<f64> = results.iter().map(|r| med(r, |s| s.p95_ms)).collect();
+    // Ratios within each round (the paths ran back to back), then their median: the machine's
+    // drift between rounds cancels out.
+    let per_round = |a: usize, b: usize, f: fn(&Summary) -> f64| -> Vec<f64> {
+        (0..ROUNDS)
+            .map(|r| f(&results[a][r]) / f(&results[b][r]))
+            .collect()
+    };
+    let ratio = |a: usize, b: usize, f: fn(&Summary) -> f64| med(per_round(a, b, f));
     println!(
-        "sysbench oltp_point_select, {THREADS} threads, {SECONDS} s x {ROUNDS} interleaved rounds, medians \
-         (one MariaDB backend; the client, the director and the backend share this machine's CPUs):"
+        "sysbench oltp_point_select, {THREADS} threads, {SECONDS} s x {ROUNDS} rounds (order alternating), \
+         medians; ratios are medians of per-round ratios (one MariaDB backend; the client, the \
+         director and the backend share this machine's CPUs):"
     );
     for (i, (name, _)) in paths.iter().enumerate() {
+        let r = per_round(i, 0, |s| s.tps);
         println!(
-            "  {name:<10} {:>9.0} tps  p95 {:>6.2} ms   tps {:.3} x direct",
-            tps[i],
-            p95[i],
-            tps[i] / tps[0]
+            "  {name:<10} {:>9.0} tps  p95 {:>6.2} ms   tps {:.3} x direct (rounds: {})",
+            med(results[i].iter().map(|s| s.tps).collect()),
+            med(results[i].iter().map(|s| s.p95_ms).collect()),
+            ratio(i, 0, |s| s.tps),
+            r.iter()
+                .map(|x| format!("{x:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
+    let (vd, vh) = (ratio(1, 0, |s| s.tps), ratio(1, 2, |s| s.tps));
     println!(
-        "  targets: VIP >= 0.97 x direct: {:.3} ({}); VIP >= 1.2 x HAProxy: {:.3} ({})",
-        tps[1] / tps[0],
-        if tps[1] / tps[0] >= 0.97 {
-            "met"
-        } else {
-            "MISSED"
-        },
-        tps[1] / tps[2],
-        if tps[1] / tps[2] >= 1.2 {
-            "met"
-        } else {
-            "MISSED"
-        }
+        "  targets: VIP >= 0.97 x direct: {vd:.3} ({}); VIP >= 1.2 x HAProxy: {vh:.3} ({})",
+        if vd >= 0.97 { "met" } else { "MISSED" },
+        if vh >= 1.2 { "met" } else { "MISSED" }
     );
     println!(
         "  p95 latency: VIP {:.3} x direct, HAProxy {:.3} x direct",
-        p95[1] / p95[0],
-        p95[2] / p95[0]
+        ratio(1, 0, |s| s.p95_ms),
+        ratio(2, 0, |s| s.p95_ms)
     );
     Ok(())
 }
@@ -136,7 +138,7 @@ struct Sample {
     weight: [u32; 2],
 }
 
-fn failover_chart(svg: &Path) -> Result<()> {
+pub fn failover_chart(svg: &Path) -> Result<()> {
     let mut my = MysqlBed::new(MysqlBedOpts {
         prefix: "fo".into(),
         weights: vec![1, 1],
@@ -283,10 +285,13 @@ fn chart(samples: &[Sample], kill_at: u64, restart_at: u64) -> String {
             i + 1
         );
     }
+    // From sysbench's first report on.
+    let first = samples.iter().position(|s| s.tps > 0.0).unwrap_or(0);
     o += &line(
         samples
             .iter()
             .enumerate()
+            .skip(first)
             .map(|(i, s)| (x(i as f64), y_tps(s.tps)))
             .collect(),
         "#1f77b4",

@@ -114,3 +114,38 @@ pub fn restore_rules(services: u32, reals: u32) -> String {
     }
     rules
 }
+
+/// `lbadm ARGS` in `ns` on the maps pinned under `pins`.
+pub fn lbadm_in(ns: &Netns, pins: &std::path::Path, args: &[&str]) -> Output {
+    let mut cmd = ns.command(crate::lbadm_bin());
+    cmd.env("LBADM_PIN_DIR", pins).args(args);
+    cmd.output().expect("running lbadm")
+}
+
+/// The command succeeded: its stdout.
+pub fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "lbadm failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Polls `f` every 20 ms until it holds; how long that took. Panics after `timeout`.
+pub fn wait_until(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    start.elapsed()
+}

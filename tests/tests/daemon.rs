@@ -3,6 +3,7 @@
 //! `--check-config` names what is wrong.
 
 use lb_tests::{
+    assertions::{lbadm_in as lbadm, ok, wait_until},
     fixture::PinDir,
     lbadm_bin,
     lbbed::{Decap, attach_pass},
@@ -13,7 +14,7 @@ use std::{
     io::{Read, Write},
     net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Output, Stdio},
+    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -76,22 +77,6 @@ fn header(pins: &Path, files: &Files) -> String {
 const FAST: &str =
     "interval = \"200ms\"\ntimeout = \"150ms\"\nfall = 2\nrise = 2\njitter = \"20ms\"\n";
 
-fn lbadm(ns: &Netns, pins: &Path, args: &[&str]) -> Output {
-    let mut cmd = ns.command(lbadm_bin());
-    cmd.env("LBADM_PIN_DIR", pins).args(args);
-    cmd.output().expect("running lbadm")
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "lbadm failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
 /// (service line, real address, weight) rows of `-L -n`.
 fn weights(ns: &Netns, pins: &Path) -> Vec<(String, String, u32)> {
     let out = ok(lbadm(ns, pins, &["-L", "-n"]));
@@ -116,18 +101,6 @@ fn weight_of(ns: &Netns, pins: &Path, svc: &str, real: &str) -> Option<u32> {
         .into_iter()
         .find(|(s, r, _)| s == svc && r == real)
         .map(|(_, _, w)| w)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 /// Starts the daemon in the director's namespace, from the calling (test) thread.

@@ -3,29 +3,13 @@
 //! data path follow.
 
 use lb_tests::{
+    assertions::{lbadm_in as lbadm, ok},
     fixture::PinDir,
     lbadm_bin,
     lbbed::{Decap, attach_pass},
-    netns::Netns,
     testbed::{TestBed, TestBedOpts, tcp_echo_request},
 };
-use std::{net::SocketAddrV4, path::Path, process::Output};
-
-fn lbadm(ns: &Netns, pins: &Path, args: &[&str]) -> Output {
-    let mut cmd = ns.command(lbadm_bin());
-    cmd.env("LBADM_PIN_DIR", pins).args(args);
-    cmd.output().expect("running lbadm")
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "lbadm failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
+use std::net::SocketAddrV4;
 
 fn who(bed: &TestBed, n: usize) -> Vec<String> {
     lb_tests::assertions::who_answers(bed, 6033, n)

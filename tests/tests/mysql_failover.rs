@@ -2,24 +2,9 @@
 //! servers set up by `lbadm realserver setup`, `lbadm daemon` checking them through the tunnel
 //! (mysql login + SELECT 1). One backend is killed and restarted midway.
 
+use lb_tests::assertions::wait_until;
 use lb_tests::mysqlbed::{MysqlBed, MysqlBedOpts, Sysbench, SysbenchOpts, parse_interval};
-use std::{
-    path::Path,
-    thread,
-    time::{Duration, Instant},
-};
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
+use std::{path::Path, thread, time::Duration};
 
 #[test]
 fn sysbench_survives_a_backend_crash() {

@@ -71,6 +71,7 @@ pub const NEXTHOP_TTL_NS: u64 = 100_000_000;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_SCTP: u8 = 132;
 
 /// IPVS default timeouts, in seconds (`ipvsadm -L --timeout`: 900 120 300).
 pub const TIMEOUT_SYN_RECV: u64 = 60;
@@ -265,99 +266,73 @@ pub struct NextHop {
     pub dmac: [u8; 6],
 }
 
-/// Why a packet left the director program the way it did: index into the reasons array.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    /// Not IPv4 (ARP, IPv6, other ethertypes, more than one VLAN tag).
-    PassNotIpv4 = 0,
-    /// IPv4 but not TCP/UDP to a configured service.
-    PassNotService,
-    /// Headers shorter than they claim, or a bad IHL/length.
-    PassMalformed,
-    /// An IP fragment: only the first one has ports, so none can be matched to a connection.
-    PassFragment,
-    /// No tunnel source address configured.
-    PassNoTunnelSrc,
-    /// Encapsulated, neighbour not resolved: handed to the TC program that resolves it.
-    PassNoNeigh,
-    /// Encapsulated and sent with `XDP_TX`.
-    TxForwarded,
-    /// Encapsulated and sent with `bpf_redirect` to another interface.
-    RedirectForwarded,
-    /// A new connection was scheduled.
-    NewConn,
-    /// A non-SYN TCP packet had no connection entry (table pressure or a director restart).
-    NonSynMiss,
-    /// A connection entry named a real that was removed; the flow was scheduled again.
-    Rescheduled,
-    /// DF packet too big for the tunnel: ICMP fragmentation-needed sent to the client.
-    IcmpFragNeeded,
-    /// Non-DF packet too big for the tunnel: dropped (XDP cannot fragment).
-    DropTooBig,
-    /// The service has no real with weight > 0: ICMP port unreachable sent, as IPVS does.
-    NoRealUnreach,
-    /// The route to the real failed (unreachable, blackhole, prohibited): dropped.
-    DropNoRoute,
-    /// A helper that changes the packet size failed: dropped.
-    DropAdjust,
-    /// An ICMP error about a connection (e.g. fragmentation needed on the client's path) was
-    /// forwarded to that connection's real.
-    IcmpForwarded,
-    /// The connection table was full and the insert failed (LRU could not evict).
-    ConnInsertFail,
-    /// A new connection went to the real its client's persistence template names.
-    Persisted,
+/// Declares [`Reason`], its counter names and [`REASON_COUNT`] from one list, so the enum, the
+/// names userspace prints and the size of the counters map cannot drift apart.
+macro_rules! reasons {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, )*) => {
+        /// Why a packet left the director program the way it did: index into the reasons array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Reason {
+            /// Every reason, in counter-index order.
+            pub const ALL: &[Reason] = &[$(Reason::$variant,)*];
+
+            /// The counter's name (`lbadm status`, metrics).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $name,)*
+                }
+            }
+        }
+
+        pub const REASON_COUNT: u32 = Reason::ALL.len() as u32;
+    };
 }
 
-pub const REASON_COUNT: u32 = 19;
-
-impl Reason {
-    pub const ALL: [Reason; REASON_COUNT as usize] = [
-        Reason::PassNotIpv4,
-        Reason::PassNotService,
-        Reason::PassMalformed,
-        Reason::PassFragment,
-        Reason::PassNoTunnelSrc,
-        Reason::PassNoNeigh,
-        Reason::TxForwarded,
-        Reason::RedirectForwarded,
-        Reason::NewConn,
-        Reason::NonSynMiss,
-        Reason::Rescheduled,
-        Reason::IcmpFragNeeded,
-        Reason::DropTooBig,
-        Reason::NoRealUnreach,
-        Reason::DropNoRoute,
-        Reason::DropAdjust,
-        Reason::IcmpForwarded,
-        Reason::ConnInsertFail,
-        Reason::Persisted,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Reason::PassNotIpv4 => "pass_not_ipv4",
-            Reason::PassNotService => "pass_not_service",
-            Reason::PassMalformed => "pass_malformed",
-            Reason::PassFragment => "pass_fragment",
-            Reason::PassNoTunnelSrc => "pass_no_tunnel_src",
-            Reason::PassNoNeigh => "pass_no_neigh",
-            Reason::TxForwarded => "tx_forwarded",
-            Reason::RedirectForwarded => "redirect_forwarded",
-            Reason::NewConn => "new_conn",
-            Reason::NonSynMiss => "nonsyn_miss",
-            Reason::Rescheduled => "rescheduled",
-            Reason::IcmpFragNeeded => "icmp_frag_needed",
-            Reason::DropTooBig => "drop_too_big",
-            Reason::NoRealUnreach => "no_real_unreach",
-            Reason::DropNoRoute => "drop_no_route",
-            Reason::DropAdjust => "drop_adjust",
-            Reason::IcmpForwarded => "icmp_forwarded",
-            Reason::ConnInsertFail => "conn_insert_fail",
-            Reason::Persisted => "persisted",
-        }
-    }
+reasons! {
+    /// Not IPv4 (ARP, IPv6, other ethertypes, more than one VLAN tag).
+    PassNotIpv4 = "pass_not_ipv4",
+    /// IPv4 but not TCP/UDP to a configured service.
+    PassNotService = "pass_not_service",
+    /// Headers shorter than they claim, or a bad IHL/length.
+    PassMalformed = "pass_malformed",
+    /// An IP fragment: only the first one has ports, so none can be matched to a connection.
+    PassFragment = "pass_fragment",
+    /// No tunnel source address configured.
+    PassNoTunnelSrc = "pass_no_tunnel_src",
+    /// Encapsulated, neighbour not resolved: handed to the TC program that resolves it.
+    PassNoNeigh = "pass_no_neigh",
+    /// Encapsulated and sent with `XDP_TX`.
+    TxForwarded = "tx_forwarded",
+    /// Encapsulated and sent with `bpf_redirect` to another interface.
+    RedirectForwarded = "redirect_forwarded",
+    /// A new connection was scheduled.
+    NewConn = "new_conn",
+    /// A non-SYN TCP packet had no connection entry (table pressure or a director restart).
+    NonSynMiss = "nonsyn_miss",
+    /// A connection entry named a real that was removed; the flow was scheduled again.
+    Rescheduled = "rescheduled",
+    /// DF packet too big for the tunnel: ICMP fragmentation-needed sent to the client.
+    IcmpFragNeeded = "icmp_frag_needed",
+    /// Non-DF packet too big for the tunnel: dropped (XDP cannot fragment).
+    DropTooBig = "drop_too_big",
+    /// The service has no real with weight > 0: ICMP port unreachable sent, as IPVS does.
+    NoRealUnreach = "no_real_unreach",
+    /// The route to the real failed (unreachable, blackhole, prohibited): dropped.
+    DropNoRoute = "drop_no_route",
+    /// A helper that changes the packet size failed: dropped.
+    DropAdjust = "drop_adjust",
+    /// An ICMP error about a connection (e.g. fragmentation needed on the client's path) was
+    /// forwarded to that connection's real.
+    IcmpForwarded = "icmp_forwarded",
+    /// The connection table was full and the insert failed (LRU could not evict).
+    ConnInsertFail = "conn_insert_fail",
+    /// A new connection went to the real its client's persistence template names.
+    Persisted = "persisted",
 }
 
 /// Metadata the director's XDP program leaves in front of a packet it hands to the TC program

@@ -104,3 +104,12 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     }
     Some((start + offset) as *mut T)
 }
+
+/// Writes a 20-byte IPv4 header at `offset` as 16-bit words: the header sits 2 bytes off a
+/// 4-byte boundary behind Ethernet.
+#[inline(always)]
+pub fn store_ipv4(ctx: &XdpContext, offset: usize, h: &Ipv4Hdr) -> Option<()> {
+    let dst: *mut [u16; 10] = ptr_at(ctx, offset)?;
+    unsafe { *dst = core::mem::transmute::<Ipv4Hdr, [u16; 10]>(*h) };
+    Some(())
+}

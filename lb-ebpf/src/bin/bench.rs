@@ -14,7 +14,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use lb_ebpf::hdr::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, ptr_at};
+use lb_common::{IPPROTO_IPIP, ip_be};
+use lb_ebpf::hdr::{ETH_HLEN, ETH_P_IP, EthHdr, IP_DF, IPV4_HLEN, Ipv4Hdr, ptr_at, store_ipv4};
 
 pub const TEMPLATE_MAX: usize = 128;
 
@@ -217,13 +218,6 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// An outer IPv4 header 198.18.0.2 → 198.18.0.11, protocol 4, DF, TTL 64 (length and checksum
-/// filled in per packet).
-#[rustfmt::skip]
-const OUTER: [u8; IPV4_HLEN] = [
-    0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 4, 0, 0, 198, 18, 0, 2, 198, 18, 0, 11,
-];
-
 /// The reflector plus the 20 bytes every encapsulating forwarder adds (a valid outer header with
 /// the next hop's MACs, no parsing, no state): separates what lbadm's own work costs on the veth
 /// path from what a longer frame costs there.
@@ -235,22 +229,28 @@ pub fn bench_reflect_encap(ctx: XdpContext) -> u32 {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN as i32)) } != 0 {
         return xdp_action::XDP_ABORTED;
     }
-    let (Some(eth), Some(ip)) = (
-        ptr_at::<EthHdr>(&ctx, 0),
-        ptr_at::<[u16; 10]>(&ctx, ETH_HLEN),
-    ) else {
+    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
         return xdp_action::XDP_ABORTED;
     };
+    // 198.18.0.2 → 198.18.0.11, protocol 4, DF, TTL 64.
     let len = (ctx.data_end() - ctx.data() - ETH_HLEN) as u16;
-    let mut b = OUTER;
-    b[2..4].copy_from_slice(&len.to_be_bytes());
-    let mut h: [u16; 10] = unsafe { core::mem::transmute(b) };
-    h[5] = lb_ebpf::csum::ipv4_header(&h);
+    let h = Ipv4Hdr::new(
+        0,
+        len,
+        0,
+        IP_DF.to_be(),
+        64,
+        IPPROTO_IPIP,
+        ip_be([198, 18, 0, 2]),
+        ip_be([198, 18, 0, 11]),
+    );
     unsafe {
         (*eth).dst = nh.dmac;
         (*eth).src = nh.smac;
         (*eth).proto = ETH_P_IP;
-        *ip = h;
     }
-    xdp_action::XDP_TX
+    match store_ipv4(&ctx, ETH_HLEN, &h) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_ABORTED,
+    }
 }

@@ -16,8 +16,9 @@ use lb_common::{
     DECAP_COUNTERS, DECAP_DECAPSULATED, DECAP_DROP_MALFORMED, DECAP_DROP_UNKNOWN_DIRECTOR,
     DECAP_DROP_UNKNOWN_VIP, DECAP_PASS_OTHER, IPPROTO_IPIP, MAX_DECAP_ENTRIES,
 };
-use lb_ebpf::hdr::{
-    ETH_HLEN, ETH_P_8021Q, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, VLAN_HLEN, ptr_at,
+use lb_ebpf::{
+    hdr::{ETH_HLEN, IPV4_HLEN, Ipv4Hdr, VLAN_HLEN, ptr_at},
+    l2,
 };
 
 /// Directors allowed to send us tunnelled packets (outer source, network byte order).
@@ -48,18 +49,7 @@ const MALFORMED: (u32, u32) = (xdp_action::XDP_DROP, DECAP_DROP_MALFORMED);
 
 #[inline(always)]
 fn try_decap(ctx: &XdpContext) -> Result<(), (u32, u32)> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(PASS_OTHER)?;
-    let mut proto = unsafe { (*eth).proto };
-    let mut l3 = ETH_HLEN;
-    let vlan = proto == ETH_P_8021Q;
-    if vlan {
-        let tag: *const lb_ebpf::hdr::VlanHdr = ptr_at(ctx, ETH_HLEN).ok_or(PASS_OTHER)?;
-        proto = unsafe { (*tag).proto };
-        l3 += VLAN_HLEN;
-    }
-    if proto != ETH_P_IP {
-        return Err(PASS_OTHER);
-    }
+    let l2::L2 { l3, vlan } = l2::parse(ctx).map_err(|_| PASS_OTHER)?;
     let outer: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(PASS_OTHER)?;
     let outer = unsafe { *outer };
     if outer.proto != IPPROTO_IPIP || outer.ver_ihl >> 4 != 4 {

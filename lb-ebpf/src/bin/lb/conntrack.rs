@@ -1,0 +1,126 @@
+//! The connection table: a flow's real, looked up before anything else, and its TCP state as
+//! IPVS tracks it from the client side (tunnel mode sees only the inbound half).
+use crate::maps::{CONNS, PERSIST, REALS};
+use aya_ebpf::programs::XdpContext;
+use aya_log_ebpf::warn;
+use lb_common::{
+    CONN_CLOSE, CONN_ESTABLISHED, CONN_F_PERSIST, CONN_FIN_WAIT, CONN_SYN_RECV, CONN_UDP, Conn,
+    ConnKey, IPPROTO_TCP, PersistKey, REAL_F_IN_USE, Real, Reason, conn_timeout_secs,
+};
+use lb_ebpf::hdr::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+pub const NS_PER_SEC: u64 = 1_000_000_000;
+/// `last_seen` is rewritten only when it is this stale: a write per packet would bounce the
+/// entry's cache line between CPUs for nothing (timeouts are whole seconds).
+const LAST_SEEN_SLACK_NS: u64 = NS_PER_SEC / 4;
+
+/// The state a TCP packet from the client moves its connection to (IPVS's input-only view).
+#[inline(always)]
+pub fn next_state(proto: u8, flags: u8, cur: u8) -> u8 {
+    if proto != IPPROTO_TCP {
+        return CONN_UDP;
+    }
+    if flags & TCP_RST != 0 {
+        CONN_CLOSE
+    } else if flags & TCP_FIN != 0 {
+        CONN_FIN_WAIT
+    } else if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+        CONN_SYN_RECV
+    } else if cur == CONN_SYN_RECV || cur == CONN_ESTABLISHED || cur == 0 {
+        CONN_ESTABLISHED
+    } else {
+        // After FIN or RST, trailing ACKs do not re-open the connection.
+        cur
+    }
+}
+
+/// The real in slot `id` if it is still the occupant an entry recorded (same generation) and
+/// still belongs to the service.
+#[inline(always)]
+pub fn real_valid(id: u32, gen_: u32, svc_id: u32) -> Option<Real> {
+    let r = REALS.get(id)?;
+    if r.flags & REAL_F_IN_USE != 0 && r.generation == gen_ && r.service_id == svc_id {
+        Some(*r)
+    } else {
+        None
+    }
+}
+
+/// The real of a live connection entry. Otherwise says why there is none: `NewConn`,
+/// `NonSynMiss` (no entry for a mid-stream packet) or `Rescheduled` (its real was removed).
+#[inline(always)]
+pub fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Reason> {
+    let tcp = key.proto == IPPROTO_TCP;
+    let syn = tcp && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+    let miss = if tcp && !syn {
+        Reason::NonSynMiss
+    } else {
+        Reason::NewConn
+    };
+    let Some(c) = CONNS.get_ptr_mut(key) else {
+        return Err(miss);
+    };
+    let conn = unsafe { &mut *c };
+    let age = now.wrapping_sub(conn.last_seen_ns);
+    if age > conn_timeout_secs(conn.state) * NS_PER_SEC {
+        return Err(miss);
+    }
+    // A SYN on a connection past its handshake opens a new connection on a reused tuple
+    // (IPVS's conn_reuse_mode): schedule it afresh. A retransmitted SYN keeps its real.
+    if syn && conn.state != CONN_SYN_RECV {
+        return Err(Reason::NewConn);
+    }
+    let real =
+        real_valid(conn.real_id, conn.real_gen, conn.service_id).ok_or(Reason::Rescheduled)?;
+    let state = next_state(key.proto, flags, conn.state);
+    if state != conn.state || age > LAST_SEEN_SLACK_NS {
+        conn.state = state;
+        conn.last_seen_ns = now;
+        if conn.flags & CONN_F_PERSIST != 0 {
+            let pk = PersistKey {
+                service_id: conn.service_id,
+                saddr: key.saddr,
+            };
+            if let Some(t) = PERSIST.get_ptr_mut(&pk) {
+                unsafe { (*t).last_seen_ns = now };
+            }
+        }
+    }
+    Ok((conn.real_id, real))
+}
+
+/// Records a newly scheduled connection. Katran's lesson: an RST needs no state, and inserting
+/// on it lets a scan fill the table.
+#[inline(always)]
+pub fn record(
+    ctx: &XdpContext,
+    key: &ConnKey,
+    flags: u8,
+    real_id: u32,
+    real: &Real,
+    svc_id: u32,
+    persistent: bool,
+    now: u64,
+) {
+    if flags & TCP_RST != 0 {
+        return;
+    }
+    let conn = Conn {
+        real_id,
+        real_gen: real.generation,
+        service_id: svc_id,
+        state: next_state(key.proto, flags, 0),
+        flags: if persistent { CONN_F_PERSIST } else { 0 },
+        _pad: [0; 2],
+        last_seen_ns: now,
+    };
+    if CONNS.insert(key, &conn, 0).is_err() {
+        crate::maps::bump(Reason::ConnInsertFail);
+        warn!(
+            ctx,
+            "connection table insert failed for {:i}:{}",
+            u32::from_be(key.saddr),
+            u16::from_be(key.sport)
+        );
+    }
+}

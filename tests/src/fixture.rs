@@ -10,10 +10,7 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use lb_common::{Config, ip_be};
-use lb_userspace::{
-    datapath,
-    services::{Maps, VirtualService},
-};
+use lb_userspace::director::{Maps, VirtualService, datapath};
 use std::os::fd::AsFd;
 use std::{
     net::Ipv4Addr,
@@ -56,7 +53,7 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        datapath::remove_pins(&self.0);
+        lb_userspace::sys::bpffs::remove_pins(&self.0);
     }
 }
 

@@ -3,7 +3,10 @@
 
 use crate::{fixture::PinDir, testbed::TestBed};
 use anyhow::{Context as _, Result};
-use lb_userspace::{datapath, decap, services::Maps};
+use lb_userspace::{
+    director::{Maps, datapath},
+    realserver::decap,
+};
 
 /// The director's data path, attached to the director's eth0 with its own pin directory.
 pub struct Director {

@@ -708,14 +708,14 @@ impl MysqlBed {
         self.status()["services"][0]["reals"][i].clone()
     }
 
-    pub fn maps(&self) -> Result<lb_userspace::services::Maps> {
-        Ok(lb_userspace::services::Maps::open(&self.pins.0)?)
+    pub fn maps(&self) -> Result<lb_userspace::director::Maps> {
+        Ok(lb_userspace::director::Maps::open(&self.pins.0)?)
     }
 
     /// Per real (in configuration order): (weight in the maps, active connections, counters).
-    pub fn per_real(&self, maps: &lb_userspace::services::Maps) -> Result<Vec<RealView>> {
+    pub fn per_real(&self, maps: &lb_userspace::director::Maps) -> Result<Vec<RealView>> {
         let installed = maps.read()?;
-        let active = lb_userspace::conntrack::counts_by_real(maps)?;
+        let active = lb_userspace::director::conntrack::counts_by_real(maps)?;
         let mut out = Vec::new();
         for i in 1..=self.servers.len() {
             let addr = self.bed.real_addr(i);

@@ -3,10 +3,7 @@
 
 use lb_common::{PROBE_MARK, Probe, ProbeKey, Reason, ip_be, port_be};
 use lb_tests::{fixture::*, packet::*};
-use lb_userspace::{
-    scheduler::Scheduler,
-    services::{Protocol, RealServer, ServiceId, VirtualService},
-};
+use lb_userspace::director::{Protocol, RealServer, Scheduler, ServiceId, VirtualService};
 use std::net::Ipv4Addr;
 
 const PORT: u16 = 6033;
@@ -650,7 +647,7 @@ fn table_updates_publish_the_inactive_copy() {
     f.apply(&[svc(Scheduler::Wrr, &[(REAL1, 3), (REAL2, 1)])])
         .unwrap();
     let before = f.maps.read().unwrap()[0].clone();
-    let live = |f: &Fixture, s: &lb_userspace::services::InstalledService, copy: u32| {
+    let live = |f: &Fixture, s: &lb_userspace::director::InstalledService, copy: u32| {
         f.maps.tables.get(&(s.slot * 2 + copy), 0).unwrap()
     };
     let old_table = live(&f, &before, before.table_copy);

@@ -6,10 +6,7 @@ use lb_tests::{
     lbbed::{Decap, Director},
     testbed::{TestBed, TestBedOpts, tcp_echo_request},
 };
-use lb_userspace::{
-    scheduler::Scheduler,
-    services::{Protocol, RealServer, ServiceId, VirtualService},
-};
+use lb_userspace::director::{Protocol, RealServer, Scheduler, ServiceId, VirtualService};
 use std::net::SocketAddrV4;
 
 const PORT: u16 = 6033;

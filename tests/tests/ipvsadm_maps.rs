@@ -4,9 +4,8 @@
 
 use lb_tests::fixture::PinDir;
 use lb_userspace::{
-    datapath,
-    ipvsadm_command::{Outcome, run},
-    services::Maps,
+    director::{Maps, datapath},
+    ipvsadm::{Outcome, run},
 };
 use std::path::Path;
 

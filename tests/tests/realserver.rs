@@ -11,10 +11,7 @@ use lb_tests::{
     packet,
     testbed::{TestBed, TestBedOpts, tcp_echo_request},
 };
-use lb_userspace::{
-    scheduler::Scheduler,
-    services::{Protocol, RealServer, ServiceId, VirtualService},
-};
+use lb_userspace::director::{Protocol, RealServer, Scheduler, ServiceId, VirtualService};
 use serde_json::Value;
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -136,7 +133,7 @@ impl Rs {
 impl Drop for Rs {
     fn drop(&mut self) {
         // Detach whatever a failed test left attached (the pins are on the global bpffs).
-        let _ = lb_userspace::decap::detach(&self.pins.0);
+        let _ = lb_userspace::realserver::decap::detach(&self.pins.0);
     }
 }
 

@@ -3,9 +3,12 @@
 //! `lbadm attach|detach|status|log …` manage the data path; everything else is ipvsadm's
 //! grammar (`-A`, `-a`, `-L -n`, `-S`, `-R`, …), run against the pinned maps.
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use lb_userspace::{datapath, decap, realserver, services::Maps};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use lb_userspace::{
+    daemon::{self, config, status::Status},
+    director::{datapath, status},
+    realserver::{self, decap},
+};
 use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 
 #[derive(Parser)]
@@ -49,7 +52,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
         /// The daemon's status file (its config's `status_file`).
-        #[arg(long, env = "LBADM_STATUS_FILE", default_value = lb_userspace::config::DEFAULT_STATUS_FILE)]
+        #[arg(long, env = "LBADM_STATUS_FILE", default_value = config::DEFAULT_STATUS_FILE)]
         status_file: PathBuf,
     },
     /// Health-check the reals of a configuration file and keep the maps in line with it
@@ -125,25 +128,14 @@ enum RealserverCmd {
     },
 }
 
-/// The words that select lbadm's own commands; any other first argument is ipvsadm grammar.
-const SUBCOMMANDS: &[&str] = &[
-    "attach",
-    "detach",
-    "status",
-    "log",
-    "realserver",
-    "daemon",
-    "help",
-];
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let first = args.get(1).map(String::as_str);
-    let is_sub = first.is_some_and(|a| SUBCOMMANDS.contains(&a))
-        || (first == Some("--pin-dir")
-            && args
-                .get(3)
-                .is_some_and(|a| SUBCOMMANDS.contains(&a.as_str())));
+    // lbadm's own verbs come from the clap definition; any other first word is ipvsadm's.
+    let cli = Cli::command();
+    let is_verb = |a: &str| a == "help" || cli.get_subcommands().any(|c| c.get_name() == a);
+    let is_sub = first.is_some_and(is_verb)
+        || (first == Some("--pin-dir") && args.get(3).is_some_and(|a| is_verb(a)));
     if !is_sub {
         return ipvsadm(&args);
     }
@@ -165,8 +157,7 @@ fn ipvsadm(args: &[String]) -> ExitCode {
     let pin_dir = std::env::var_os("LBADM_PIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(datapath::DEFAULT_PIN_DIR));
-    let out =
-        lb_userspace::ipvsadm_command::run(&program, &args[1..], &pin_dir, &mut std::io::stdin());
+    let out = lb_userspace::ipvsadm::run(&program, &args[1..], &pin_dir, &mut std::io::stdin());
     use std::io::Write as _;
     let _ = std::io::stdout().write_all(out.stdout.as_bytes());
     let _ = std::io::stderr().write_all(out.stderr.as_bytes());
@@ -211,13 +202,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.iface.map(|i| format!(" from {i}")).unwrap_or_default()
             );
         }
-        Cmd::Status { json, status_file } => status(&cli.pin_dir, json, &status_file)?,
+        Cmd::Status { json, status_file } => {
+            let dp = status::read(&cli.pin_dir)?;
+            let health = Status::read(&status_file);
+            if json {
+                let mut v = serde_json::to_value(&dp)?;
+                v["health"] = serde_json::to_value(&health)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", dp.render());
+                if let Some(h) = health {
+                    print!(
+                        "{}",
+                        h.render(
+                            &status_file,
+                            daemon::status::unix(std::time::SystemTime::now())
+                        )
+                    );
+                }
+            }
+        }
         Cmd::Daemon {
             config,
             check_config,
         } => {
             if check_config {
-                return Ok(match lb_userspace::config::load(&config) {
+                return Ok(match config::load(&config) {
                     Ok(c) => {
                         let reals: usize = c.services.iter().map(|s| s.reals.len()).sum();
                         println!(
@@ -233,12 +243,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            lb_userspace::daemon::run(lb_userspace::daemon::Options {
+            daemon::run(daemon::Options {
                 config,
                 pin_dir: cli.pin_dir.clone(),
             })?;
         }
-        Cmd::Log => stream_log(&cli.pin_dir)?,
+        Cmd::Log => status::stream_log(&cli.pin_dir)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -345,128 +355,4 @@ fn run_realserver(cmd: RealserverCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn status(
-    pin_dir: &std::path::Path,
-    json: bool,
-    status_file: &std::path::Path,
-) -> anyhow::Result<()> {
-    // The daemon's view of health, when it has written one.
-    let health: Option<serde_json::Value> = std::fs::read(status_file)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let maps = Maps::open(pin_dir)?;
-    let cfg = maps.config()?;
-    let iface = datapath::ifname(cfg.ifindex).unwrap_or_else(|| format!("ifindex {}", cfg.ifindex));
-    let attached = datapath::is_attached(pin_dir);
-    let mode = if cfg.attach & lb_common::ATTACH_XDP_GENERIC != 0 {
-        "generic"
-    } else {
-        "native"
-    };
-    let reasons = maps.reasons().context("reading counters")?;
-    let services = maps.read()?;
-    if json {
-        let v = serde_json::json!({
-            "attached": attached,
-            "iface": iface,
-            "xdp_mode": mode,
-            "tunnel_source": Ipv4Addr::from(cfg.tunnel_src.to_ne_bytes()).to_string(),
-            "pin_dir": pin_dir,
-            "services": services.len(),
-            "counters": reasons.iter().map(|(r, n)| (r.name(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
-            "health": health,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    println!(
-        "data path: {} on {iface} ({mode} XDP), tunnel source {}",
-        if attached {
-            "attached"
-        } else {
-            "NOT attached (maps only)"
-        },
-        Ipv4Addr::from(cfg.tunnel_src.to_ne_bytes())
-    );
-    println!("pin dir:   {}", pin_dir.display());
-    println!("services:  {}", services.len());
-    println!("counters:");
-    for (r, n) in reasons {
-        println!("  {:<20} {n}", r.name());
-    }
-    if let Some(h) = health {
-        print_health(&h, status_file);
-    }
-    Ok(())
-}
-
-fn print_health(h: &serde_json::Value, file: &std::path::Path) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    let pid = h["pid"].as_u64().unwrap_or(0);
-    let alive = pid > 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
-    let age = now - h["updated"].as_f64().unwrap_or(0.0);
-    println!(
-        "health:    from {} (daemon pid {pid}{}, updated {age:.0}s ago)",
-        file.display(),
-        if alive { "" } else { ", NOT running" }
-    );
-    for s in h["services"].as_array().into_iter().flatten() {
-        let quorum = match (s["quorum"].as_bool(), s["sorry_server"].as_str()) {
-            (Some(false), Some(sorry)) => format!(" QUORUM LOST: sorry server {sorry}"),
-            (Some(false), None) => " QUORUM LOST".to_string(),
-            _ => String::new(),
-        };
-        println!(
-            "  {} {} on_failure={}{quorum}",
-            s["service"].as_str().unwrap_or("?"),
-            s["scheduler"].as_str().unwrap_or("?"),
-            s["on_failure"].as_str().unwrap_or("?")
-        );
-        for r in s["reals"].as_array().into_iter().flatten() {
-            let since = now - r["since"].as_f64().unwrap_or(now);
-            let latency = r["latency_ms"]
-                .as_f64()
-                .map(|l| format!(", {l:.1} ms"))
-                .unwrap_or_default();
-            println!(
-                "    -> {:<15} {:<4} weight {:<5} {} via {} for {since:.0}s, last check: {}{latency}",
-                r["address"].as_str().unwrap_or("?"),
-                r["health"].as_str().unwrap_or("?").to_uppercase(),
-                r["weight"],
-                r["check"].as_str().unwrap_or("?"),
-                r["via"].as_str().unwrap_or("?"),
-                r["last_result"].as_str().unwrap_or("none yet"),
-            );
-        }
-    }
-}
-
-fn stream_log(pin_dir: &std::path::Path) -> anyhow::Result<()> {
-    let id = datapath::program_id(pin_dir)?;
-    env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Trace)
-        .format_timestamp_millis()
-        .init();
-    let mut logger = aya_log::EbpfLogger::init_from_id(id)
-        .context("the data path was built without its log buffer")?;
-    use std::os::fd::AsRawFd as _;
-    loop {
-        let mut pfd = libc::pollfd {
-            fd: logger.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        if unsafe { libc::poll(&mut pfd, 1, 1000) } < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e).context("waiting for log events");
-            }
-        }
-        logger.flush();
-    }
 }

@@ -49,7 +49,7 @@ fn args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let a = args()?;
-    lb_userspace::datapath::ensure_root()?;
+    lb_userspace::sys::host::ensure_root()?;
     let stop = Arc::new(AtomicBool::new(false));
     ctrlc_flag(stop.clone())?;
     let started = Instant::now();

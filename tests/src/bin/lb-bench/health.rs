@@ -14,7 +14,7 @@ use lb_tests::{
     netns::{ChildGuard, Netns},
     testbed::{TestBed, TestBedOpts},
 };
-use lb_userspace::services::Maps;
+use lb_userspace::director::Maps;
 use std::{
     net::{Ipv4Addr, TcpListener},
     path::Path,

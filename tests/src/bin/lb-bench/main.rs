@@ -19,10 +19,8 @@ use lb_tests::{
     },
     packet::{self, TCP_ACK, TCP_PSH, TCP_SYN},
 };
-use lb_userspace::{
-    datapath,
-    scheduler::Scheduler,
-    services::{Maps, Protocol, RealServer, ServiceId, VirtualService},
+use lb_userspace::director::{
+    Maps, Protocol, RealServer, Scheduler, ServiceId, VirtualService, datapath,
 };
 use std::{net::Ipv4Addr, os::fd::AsFd};
 
@@ -56,6 +54,8 @@ struct Args {
     rounds: usize,
     only: Option<String>,
     svg: std::path::PathBuf,
+    /// Another build of the director object, measured in the same rounds (before/after).
+    baseline: Option<std::path::PathBuf>,
 }
 
 const SECTIONS: [&str; 6] = ["datapath", "cli", "health", "pps", "mysql", "failover"];
@@ -66,6 +66,7 @@ fn parse_args() -> Result<Args> {
         rounds: 9,
         only: None,
         svg: "target/bench/failover.svg".into(),
+        baseline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -80,9 +81,10 @@ fn parse_args() -> Result<Args> {
                 a.only = Some(s);
             }
             "--svg" => a.svg = it.next().context("--svg PATH")?.into(),
+            "--baseline" => a.baseline = Some(it.next().context("--baseline OBJECT")?.into()),
             "-h" | "--help" => {
                 println!(
-                    "lb-bench [--repeat N (200000)] [--rounds N (9)] [--only {}] [--svg PATH (target/bench/failover.svg)]",
+                    "lb-bench [--repeat N (200000)] [--rounds N (9)] [--only {}] [--svg PATH (target/bench/failover.svg)] [--baseline LB_OBJECT (datapath: another build of the director, measured in the same rounds)]",
                     SECTIONS.join("|")
                 );
                 std::process::exit(0);
@@ -95,7 +97,7 @@ fn parse_args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    datapath::ensure_root()?;
+    lb_userspace::sys::host::ensure_root()?;
     let run = |s: &str| args.only.as_deref().is_none_or(|o| o == s);
     if run("datapath") {
         let (ns, ifindex, mac) = fixture::fixture_netns()?;
@@ -132,12 +134,16 @@ fn xdp<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .try_into()?)
 }
 
-fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
-    fixture::pin_cpu0()?;
-    let pins = fixture::PinDir::new("bench");
-    let mut lb = datapath::load(&pins.0, datapath::LogLevel::Off)?;
+/// A director object loaded with its own pinned maps, configured for the bench: VIP:6033 to
+/// REAL1 and REAL2, weights 3:1.
+fn director(object: &[u8], pins: &std::path::Path) -> Result<Ebpf> {
+    lb_userspace::sys::bpffs::create_pin_dir(pins)?;
+    let mut lb = aya::EbpfLoader::new()
+        .default_map_pin_directory(pins)
+        .override_global("AYA_LOG_LEVEL", &0u8, true)
+        .load(object)?;
     xdp(&mut lb, lb_common::PROG_LB)?.load()?;
-    let mut maps = Maps::open(&pins.0)?;
+    let mut maps = Maps::open(pins)?;
     maps.config.set(
         0,
         Config {
@@ -166,6 +172,26 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
             },
         ],
     }])?;
+    Ok(lb)
+}
+
+fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
+    fixture::pin_cpu0()?;
+    let pins = fixture::PinDir::new("bench");
+    let lb = director(lb_userspace::objects::LB, &pins.0)?;
+    let base_pins = fixture::PinDir::new("bench-base");
+    let base = match &args.baseline {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+            // aya wants the object 8-byte aligned.
+            let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..bytes.len()]
+                .copy_from_slice(&bytes);
+            let obj = &bytemuck::cast_slice::<u64, u8>(&aligned)[..bytes.len()];
+            Some(director(obj, &base_pins.0)?)
+        }
+        None => None,
+    };
 
     let mut bench = Ebpf::load(lb_userspace::objects::BENCH)?;
     for name in [
@@ -209,6 +235,10 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
         Ok(p.fd()?.try_clone()?)
     };
     let lb_fd = fd_of(&lb, lb_common::PROG_LB)?;
+    let base_fd = match &base {
+        Some(b) => Some(fd_of(b, lb_common::PROG_LB)?),
+        None => None,
+    };
     let empty_fd = fd_of(&bench, "bench_empty")?;
     let floor_fd = fd_of(&bench, "bench_floor")?;
     let wrapper_fd = fd_of(&bench, "bench_wrapper")?;
@@ -217,13 +247,16 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
 
     // The established flow exists before measuring.
     run(&lb_fd.as_fd(), &syn_for(&est), ifindex, 1, XDP_TX)?;
+    if let Some(fd) = &base_fd {
+        run(&fd.as_fd(), &syn_for(&est), ifindex, 1, XDP_TX)?;
+    }
 
     #[derive(Clone, Copy)]
     enum Case {
         Direct(&'static str, u32),
         Wrapped(&'static str, u32, bool),
     }
-    let cases: Vec<(&str, Case, Vec<u8>)> = vec![
+    let mut cases: Vec<(&str, Case, Vec<u8>)> = vec![
         ("empty", Case::Direct("bench_empty", XDP_PASS), est.clone()),
         (
             "wrapper->empty",
@@ -257,8 +290,28 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
             est.clone(),
         ),
     ];
+    if base_fd.is_some() {
+        cases.extend([
+            (
+                "wrapper->baseline established",
+                Case::Wrapped("base", XDP_TX, false),
+                est.clone(),
+            ),
+            (
+                "wrapper->baseline new flow",
+                Case::Wrapped("base", XDP_TX, true),
+                syn.clone(),
+            ),
+            (
+                "baseline non-VIP",
+                Case::Direct("base", XDP_PASS),
+                other.clone(),
+            ),
+        ]);
+    }
     let fd = |name: &str| match name {
         "lb" => &lb_fd,
+        "base" => base_fd.as_ref().expect("baseline loaded"),
         "bench_empty" => &empty_fd,
         "bench_floor" => &floor_fd,
         "bench_fib" => &fib_fd,
@@ -352,6 +405,24 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
         "next hop: bpf_fib_lookup {fib:.1} ns vs userspace-kept map {nh:.1} ns ({:+.1} ns per packet)",
         fib - nh
     );
+    if base_fd.is_some() {
+        let (best, bnew, bnon) = (unwrap(med[8]), unwrap(med[9]), med[10]);
+        println!();
+        println!(
+            "this build vs the baseline {} (same rounds):",
+            args.baseline.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        );
+        for (label, now, before) in [
+            ("established flow", est_c, best),
+            ("new flow every packet", new_c, bnew),
+            ("non-VIP packet", nonvip, bnon),
+        ] {
+            println!(
+                "  {label:<30} {now:>7.1} ns vs {before:>7.1} ns  = {:.3} x",
+                now / before
+            );
+        }
+    }
     println!(
         "targets: (a) <= 3 x (d): {}   (c) <= 1.5 x (e): {}",
         verdict(est_c / floor <= 3.0),
@@ -363,7 +434,7 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
 /// `lbadm -R` of 1,000 services x 10 reals and `lbadm -L -n` of that table, in process, on
 /// freshly loaded maps.
 fn bench_cli() -> Result<()> {
-    use lb_userspace::ipvsadm_command::run;
+    use lb_userspace::ipvsadm::run;
     let pins = fixture::PinDir::new("benchcli");
     let _obj = datapath::load(&pins.0, datapath::LogLevel::Off)?;
     let rules = lb_tests::assertions::restore_rules(1000, 10);

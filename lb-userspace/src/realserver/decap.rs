@@ -1,7 +1,12 @@
 //! The real server's XDP decapsulation program (the `--decap xdp` alternative to `tunl0`):
 //! attach it with the directors and VIPs it accepts, pinned like the director's data path.
 
-use crate::datapath::{self, DatapathError, Result};
+use super::RealServerError;
+use crate::sys::{
+    SysError,
+    bpffs::{self, LINK_XDP, bpf},
+    host,
+};
 use aya::{
     EbpfLoader,
     maps::{HashMap, MapData},
@@ -14,33 +19,25 @@ use lb_common::{MAP_DECAP_DIRS, MAP_DECAP_VIPS, PROG_DECAP, ip_be};
 use std::{net::Ipv4Addr, path::Path};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbadm-decap";
-const LINK_PIN: &str = "link_xdp";
 
-fn bpf<E: std::error::Error + Send + Sync + 'static>(
-    what: &str,
-) -> impl FnOnce(E) -> DatapathError + '_ {
-    move |e| DatapathError::Bpf {
-        what: what.to_string(),
-        source: Box::new(e),
-    }
-}
+type Result<T> = std::result::Result<T, RealServerError>;
 
 /// Attaches decapsulation to `iface`, accepting IPIP only from `directors` and only for `vips`.
-/// On failure nothing is left behind.
+/// Returns whether it runs in generic (skb) mode. On failure nothing is left behind.
 pub fn attach(
     iface: &str,
     pin_dir: &Path,
     directors: &[Ipv4Addr],
     vips: &[Ipv4Addr],
 ) -> Result<bool> {
-    datapath::ensure_root()?;
-    let ifindex = datapath::ifindex(iface)?;
-    datapath::ensure_bpffs(pin_dir)?;
-    if pin_dir.join(LINK_PIN).exists() {
-        return Err(DatapathError::AlreadyAttached(pin_dir.into()));
+    host::ensure_root()?;
+    let ifindex = host::ifindex(iface)?;
+    bpffs::ensure_bpffs(pin_dir)?;
+    if pin_dir.join(LINK_XDP).exists() {
+        return Err(RealServerError::DecapAlreadyAttached(pin_dir.into()));
     }
-    std::fs::create_dir_all(pin_dir).map_err(bpf("creating the pin directory"))?;
-    let result = (|| -> Result<bool> {
+    bpffs::create_pin_dir(pin_dir)?;
+    let result = (|| -> std::result::Result<bool, SysError> {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(crate::objects::DECAP)
@@ -49,7 +46,7 @@ pub fn attach(
         set_members(&mut ebpf, MAP_DECAP_VIPS, vips)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_DECAP)
-            .ok_or_else(|| DatapathError::Bpf {
+            .ok_or_else(|| SysError::Bpf {
                 what: PROG_DECAP.into(),
                 source: "missing".into(),
             })?
@@ -61,7 +58,7 @@ pub fn attach(
             Ok(id) => (id, false),
             Err(_) => (
                 prog.attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map_err(|source| DatapathError::NoXdp {
+                    .map_err(|source| SysError::NoXdp {
                         iface: iface.into(),
                         source,
                     })?,
@@ -73,18 +70,22 @@ pub fn attach(
             .map_err(bpf("taking the XDP link"))?
             .try_into()
             .map_err(bpf("XDP without a bpf_link (needs Linux >= 5.9)"))?;
-        link.pin(pin_dir.join(LINK_PIN))
+        link.pin(pin_dir.join(LINK_XDP))
             .map_err(bpf("pinning the XDP link"))?;
         Ok(generic)
     })();
     if result.is_err() {
-        datapath::remove_pins(pin_dir);
+        bpffs::remove_pins(pin_dir);
     }
-    result
+    Ok(result?)
 }
 
-fn set_members(ebpf: &mut aya::Ebpf, map: &str, addrs: &[Ipv4Addr]) -> Result<()> {
-    let m = ebpf.map_mut(map).ok_or_else(|| DatapathError::Bpf {
+fn set_members(
+    ebpf: &mut aya::Ebpf,
+    map: &str,
+    addrs: &[Ipv4Addr],
+) -> std::result::Result<(), SysError> {
+    let m = ebpf.map_mut(map).ok_or_else(|| SysError::Bpf {
         what: map.into(),
         source: "missing".into(),
     })?;
@@ -101,13 +102,13 @@ fn set_members(ebpf: &mut aya::Ebpf, map: &str, addrs: &[Ipv4Addr]) -> Result<()
 
 /// Detaches decapsulation and removes its pins.
 pub fn detach(pin_dir: &Path) -> Result<()> {
-    datapath::ensure_root()?;
-    let path = pin_dir.join(LINK_PIN);
+    host::ensure_root()?;
+    let path = pin_dir.join(LINK_XDP);
     if !path.exists() {
-        return Err(DatapathError::NotAttached(pin_dir.into()));
+        return Err(RealServerError::DecapNotAttached(pin_dir.into()));
     }
     let link = PinnedLink::from_pin(&path).map_err(bpf("opening the pinned link"))?;
     drop(link.unpin().map_err(bpf("unpinning the link"))?);
-    datapath::remove_pins(pin_dir);
+    bpffs::remove_pins(pin_dir);
     Ok(())
 }

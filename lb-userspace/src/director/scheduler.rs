@@ -14,6 +14,11 @@ pub enum Scheduler {
 }
 
 impl Scheduler {
+    /// The scheduler a service gets when none is named (`-A` without `-s`, a daemon service
+    /// without `scheduler`). ipvsadm's default, `wlc`, needs live connection counts in the
+    /// data path; `wrr` honours the weights the same way for equal-cost connections.
+    pub const DEFAULT: Scheduler = Scheduler::Wrr;
+
     pub const fn to_raw(self) -> u8 {
         match self {
             Scheduler::Rr => SCHED_RR,

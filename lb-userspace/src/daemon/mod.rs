@@ -8,7 +8,7 @@
 //!   starts DOWN and needs `rise` successes. Every other real starts UP (keepalived without
 //!   `alpha`).
 //! * Each real is checked by its own task (through the tunnel unless `via = "direct"`, see
-//!   [`crate::probe`]), with a random start offset and random jitter per interval. fall/rise
+//!   [`probe`]), with a random start offset and random jitter per interval. fall/rise
 //!   decide its health; a change is one transaction on that service (lock, read, edit,
 //!   [`Maps::apply_locked`]): weight 0 (`quiesce`) or removal (`remove`) on DOWN, the
 //!   configured weight on UP; while the service's quorum (sum of UP weights, with hysteresis)
@@ -20,27 +20,32 @@
 //! * Status file (JSON, written atomically after each change and every second) and an optional
 //!   Prometheus endpoint.
 
-use crate::{
-    config::{self, Argv, CheckConfig, DaemonConfig, OnFailure, ServiceConfig},
-    datapath,
-    healthcheck::{self, CheckResult, CheckTarget, Health, Tracker},
-    probe::Probes,
-    services::{Maps, RealServer, ServiceId, VirtualService},
-};
+pub mod config;
+pub mod healthcheck;
+pub mod metrics;
+pub mod mysql;
+pub mod probe;
+pub mod reconcile;
+pub mod status;
+
+use crate::director::{Maps, ServiceId, VirtualService, datapath};
 use anyhow::Context as _;
+use config::{Argv, CheckConfig, DaemonConfig, OnFailure, ServiceConfig};
+use healthcheck::{CheckResult, CheckTarget, Health, Tracker};
+use metrics::HealthSnapshot;
+use probe::Probes;
+use reconcile::{
+    alive_weight, desired_reals, effective_quorum, in_map_order, inherited_health, next_quorum,
+};
+use status::{RealStatus, ServiceStatus, Status, unix};
 use std::{
     collections::{BTreeMap, HashMap},
-    fmt::Write as _,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    sync::mpsc,
-    task::JoinHandle,
-};
+use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{error, info, warn};
 
 pub struct Options {
@@ -68,9 +73,6 @@ struct Event {
     result: CheckResult,
 }
 
-/// What the metrics endpoint needs to know about health.
-type HealthSnapshot = Arc<Mutex<Vec<(ServiceId, Ipv4Addr, Health)>>>;
-
 struct Daemon {
     path: PathBuf,
     pin_dir: PathBuf,
@@ -86,23 +88,9 @@ struct Daemon {
     quorum: HashMap<ServiceId, bool>,
 }
 
-fn init_logging() {
-    let level = match std::env::var("LBADM_LOG").as_deref() {
-        Ok("debug") => tracing::Level::DEBUG,
-        Ok("trace") => tracing::Level::TRACE,
-        Ok("warn") => tracing::Level::WARN,
-        _ => tracing::Level::INFO,
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-}
-
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    init_logging();
+    crate::init_tracing("info");
     let cfg = config::load(&opts.config)?;
     // Before the runtime: attaching runs its own netlink runtime.
     let pin_dir = cfg.pin_dir.clone().unwrap_or(opts.pin_dir.clone());
@@ -152,7 +140,7 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("metrics: listening on {addr}"))?;
         info!(%addr, "metrics on http://{addr}/metrics");
-        tokio::spawn(serve_metrics(listener, pin_dir.clone(), snapshot.clone()));
+        tokio::spawn(metrics::serve(listener, pin_dir.clone(), snapshot.clone()));
     }
     let mut d = Daemon {
         path: opts.config,
@@ -228,18 +216,12 @@ impl Daemon {
                         health.insert(key, (e.tracker.clone(), e.since));
                         continue;
                     }
-                    let down = first
-                        .then(|| current.get(&s.id))
-                        .flatten()
-                        .is_some_and(|c| {
-                            match (c.reals.iter().find(|x| x.addr == r.addr), s.on_failure) {
-                                (Some(x), OnFailure::Quiesce) => x.weight == 0 && r.weight > 0,
-                                (None, OnFailure::Remove) => true,
-                                _ => false,
-                            }
-                        });
-                    let h = if down { Health::Down } else { Health::Up };
-                    if down {
+                    let h = if first {
+                        inherited_health(current.get(&s.id), s, r)
+                    } else {
+                        Health::Up
+                    };
+                    if h == Health::Down {
                         info!(service = %s.id, real = %r.addr, "starts DOWN (inherited from the maps)");
                     }
                     health.insert(key, (Tracker::new(h), SystemTime::now()));
@@ -504,55 +486,47 @@ impl Daemon {
         })
     }
 
-    fn status_json(&self) -> serde_json::Value {
-        let unix = |t: SystemTime| {
-            t.duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0)
-        };
-        let services: Vec<_> = self
+    fn status(&self) -> Status {
+        let services = self
             .cfg
             .services
             .iter()
-            .map(|s| {
-                let reals: Vec<_> = s
+            .map(|s| ServiceStatus {
+                service: s.id.to_string(),
+                protocol: s.id.proto.name().to_lowercase(),
+                vip: s.id.addr,
+                port: s.id.port,
+                scheduler: s.sched.name().to_string(),
+                on_failure: s.on_failure,
+                quorum: self.quorum.get(&s.id).copied().unwrap_or(true),
+                sorry_server: s.sorry_server,
+                reals: s
                     .reals
                     .iter()
                     .filter_map(|r| {
                         let e = self.reals.get(&(s.id, r.addr))?;
-                        Some(serde_json::json!({
-                            "address": r.addr.to_string(),
-                            "weight": r.weight,
-                            "check": r.check.kind.name(),
-                            "via": r.check.via,
-                            "health": e.tracker.health,
-                            "since": unix(e.since),
-                            "last_ok": e.last.as_ref().map(|l| l.0),
-                            "last_result": e.last.as_ref().map(|l| l.1.clone()),
-                            "latency_ms": e.last.as_ref().and_then(|l| l.2),
-                        }))
+                        Some(RealStatus {
+                            address: r.addr,
+                            weight: r.weight,
+                            check: r.check.kind,
+                            via: r.check.via,
+                            health: e.tracker.health,
+                            since: unix(e.since),
+                            last_ok: e.last.as_ref().map(|l| l.0),
+                            last_result: e.last.as_ref().map(|l| l.1.clone()),
+                            latency_ms: e.last.as_ref().and_then(|l| l.2),
+                        })
                     })
-                    .collect();
-                serde_json::json!({
-                    "service": s.id.to_string(),
-                    "protocol": s.id.proto.name().to_lowercase(),
-                    "vip": s.id.addr.to_string(),
-                    "port": s.id.port,
-                    "scheduler": s.sched.name(),
-                    "on_failure": s.on_failure,
-                    "quorum": self.quorum.get(&s.id).copied().unwrap_or(true),
-                    "sorry_server": s.sorry_server.map(|a| a.to_string()),
-                    "reals": reals,
-                })
+                    .collect(),
             })
             .collect();
-        serde_json::json!({
-            "pid": std::process::id(),
-            "config": self.path,
-            "pin_dir": self.pin_dir,
-            "updated": unix(SystemTime::now()),
-            "services": services,
-        })
+        Status {
+            pid: std::process::id(),
+            config: self.path.clone(),
+            pin_dir: self.pin_dir.clone(),
+            updated: unix(SystemTime::now()),
+            services,
+        }
     }
 
     fn write_status(&mut self) {
@@ -564,135 +538,13 @@ impl Daemon {
                 .collect();
         }
         let path = self.cfg.status_file.clone();
-        let body = match serde_json::to_vec_pretty(&self.status_json()) {
-            Ok(b) => b,
-            Err(_) => return,
-        };
-        if let Err(e) = write_atomically(&path, &body) {
+        if let Err(e) = self.status().write(&path) {
             // Once per second at most; keep it at debug after the first time.
             static WARNED: std::sync::atomic::AtomicBool =
                 std::sync::atomic::AtomicBool::new(false);
             if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 warn!(path = %path.display(), "cannot write the status file: {e}");
             }
-        }
-    }
-}
-
-/// keepalived's quorum: the sum of the configured weights of UP reals.
-fn alive_weight(s: &ServiceConfig, health: impl Fn(Ipv4Addr) -> Health) -> u64 {
-    s.reals
-        .iter()
-        .filter(|r| health(r.addr) == Health::Up)
-        .map(|r| u64::from(r.weight))
-        .sum()
-}
-
-/// A quorum larger than the total weight could never be held: reduced to it (as keepalived).
-fn effective_quorum(s: &ServiceConfig) -> u64 {
-    s.quorum
-        .min(s.reals.iter().map(|r| u64::from(r.weight)).sum())
-}
-
-/// Lost below quorum − hysteresis, regained at quorum + hysteresis.
-fn next_quorum(held: bool, alive: u64, s: &ServiceConfig) -> bool {
-    let q = effective_quorum(s);
-    if held {
-        alive >= q.saturating_sub(s.hysteresis)
-    } else {
-        alive >= q + s.hysteresis
-    }
-}
-
-/// The reals a service should have in the maps, in file order: configured weight while UP,
-/// weight 0 (`quiesce`) or absent (`remove`) while DOWN; with the quorum lost and a sorry
-/// server, every real is out and the sorry server takes the new connections.
-fn desired_reals(
-    s: &ServiceConfig,
-    health: impl Fn(Ipv4Addr) -> Health,
-    quorum_held: bool,
-) -> Vec<(Ipv4Addr, u32)> {
-    let sorry = s.sorry_server.filter(|_| !quorum_held);
-    let mut out: Vec<(Ipv4Addr, u32)> = s
-        .reals
-        .iter()
-        .filter_map(|r| {
-            let h = if sorry.is_some() {
-                Health::Down
-            } else {
-                health(r.addr)
-            };
-            match (h, s.on_failure) {
-                (Health::Up, _) => Some((r.addr, r.weight)),
-                (Health::Down, OnFailure::Quiesce) => Some((r.addr, 0)),
-                (Health::Down, OnFailure::Remove) => None,
-            }
-        })
-        .collect();
-    if let Some(a) = sorry {
-        out.push((a, 1));
-    }
-    out
-}
-
-/// Keeps the order the maps have (so a change does not reshuffle `mh` tables or `-L`), new
-/// reals appended in file order.
-fn in_map_order(current: Option<&VirtualService>, want: Vec<(Ipv4Addr, u32)>) -> Vec<RealServer> {
-    let mut reals: Vec<RealServer> = current
-        .map(|c| {
-            c.reals
-                .iter()
-                .filter_map(|r| {
-                    let &(addr, weight) = want.iter().find(|w| w.0 == r.addr)?;
-                    Some(RealServer { addr, weight })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    for (addr, weight) in want {
-        if !reals.iter().any(|x| x.addr == addr) {
-            reals.push(RealServer { addr, weight });
-        }
-    }
-    reals
-}
-
-fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, body)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
-/// A small xorshift generator: jitter only, no cryptography.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        Rng((t ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn upto(&mut self, d: Duration) -> Duration {
-        let n = d.as_nanos() as u64;
-        if n == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(self.next() % (n + 1))
         }
     }
 }
@@ -705,9 +557,8 @@ fn spawn_checker(
     tx: mpsc::UnboundedSender<Event>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut rng = Rng::new(generation ^ u64::from(u32::from(key.1)) << 16);
         // Spread the first checks over one interval, so hundreds of reals do not fire in step.
-        tokio::time::sleep(rng.upto(check.interval)).await;
+        tokio::time::sleep(upto(check.interval)).await;
         loop {
             let start = tokio::time::Instant::now();
             let result = match &target {
@@ -724,132 +575,12 @@ fn spawn_checker(
             {
                 return;
             }
-            tokio::time::sleep_until(start + check.interval + rng.upto(check.jitter)).await;
+            tokio::time::sleep_until(start + check.interval + upto(check.jitter)).await;
         }
     })
 }
 
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    pin_dir: PathBuf,
-    snapshot: HealthSnapshot,
-) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let (pin_dir, snapshot) = (pin_dir.clone(), snapshot.clone());
-        tokio::spawn(async move {
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n")
-            {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, s.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => req.extend_from_slice(&buf[..n]),
-                    _ => break,
-                }
-                if req.len() > 8192 {
-                    break;
-                }
-            }
-            let line = String::from_utf8_lossy(&req)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string();
-            let mut parts = line.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, body) = if method == "GET"
-                && (path == "/metrics" || path.starts_with("/metrics?"))
-            {
-                match tokio::task::spawn_blocking(move || metrics_text(&pin_dir, &snapshot)).await {
-                    Ok(Ok(b)) => ("200 OK", b),
-                    Ok(Err(e)) => ("500 Internal Server Error", format!("{e:#}\n")),
-                    Err(e) => ("500 Internal Server Error", format!("{e}\n")),
-                }
-            } else {
-                ("404 Not Found", "not found: try /metrics\n".to_string())
-            };
-            let head = format!(
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body.as_bytes()).await;
-            let _ = s.shutdown().await;
-        });
-    }
-}
-
-/// Prometheus text format: counters from the maps, health gauges from the daemon.
-pub fn metrics_text(pin_dir: &Path, snapshot: &HealthSnapshot) -> anyhow::Result<String> {
-    let maps = Maps::open(pin_dir)?;
-    let services = maps.read()?;
-    let mut out = String::new();
-    let svc_label = |id: &ServiceId| {
-        format!(
-            "protocol=\"{}\",vip=\"{}\",port=\"{}\"",
-            id.proto.name().to_lowercase(),
-            id.addr,
-            id.port
-        )
-    };
-    let mut svc_rows = Vec::new();
-    let mut real_rows = Vec::new();
-    for s in &services {
-        svc_rows.push((svc_label(&s.spec.id), maps.service_stats(s.slot)?));
-        for (r, &slot) in s.spec.reals.iter().zip(&s.real_slots) {
-            real_rows.push((
-                format!("{},real=\"{}\"", svc_label(&s.spec.id), r.addr),
-                maps.real_stats(slot)?,
-                r.weight,
-            ));
-        }
-    }
-    for (name, help, f) in [
-        ("connections", "new connections scheduled", 0usize),
-        ("packets", "inbound packets forwarded", 1),
-        ("bytes", "inbound bytes forwarded", 2),
-    ] {
-        let pick = |c: &lb_common::Counters| [c.conns, c.packets, c.bytes][f];
-        let _ = writeln!(
-            out,
-            "# HELP lbadm_service_{name}_total Virtual service: {help}."
-        );
-        let _ = writeln!(out, "# TYPE lbadm_service_{name}_total counter");
-        for (l, c) in &svc_rows {
-            let _ = writeln!(out, "lbadm_service_{name}_total{{{l}}} {}", pick(c));
-        }
-        let _ = writeln!(out, "# HELP lbadm_real_{name}_total Real server: {help}.");
-        let _ = writeln!(out, "# TYPE lbadm_real_{name}_total counter");
-        for (l, c, _) in &real_rows {
-            let _ = writeln!(out, "lbadm_real_{name}_total{{{l}}} {}", pick(c));
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP lbadm_real_weight Real server weight in the maps (0 = quiesced)."
-    );
-    let _ = writeln!(out, "# TYPE lbadm_real_weight gauge");
-    for (l, _, w) in &real_rows {
-        let _ = writeln!(out, "lbadm_real_weight{{{l}}} {w}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP lbadm_real_up Health of a configured real server (1 = UP, 0 = DOWN)."
-    );
-    let _ = writeln!(out, "# TYPE lbadm_real_up gauge");
-    let snap = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-    for (id, addr, h) in snap {
-        let _ = writeln!(
-            out,
-            "lbadm_real_up{{{},real=\"{addr}\"}} {}",
-            svc_label(&id),
-            u8::from(h == Health::Up)
-        );
-    }
-    Ok(out)
+/// A random duration in `0..=d`: jitter only.
+fn upto(d: Duration) -> Duration {
+    Duration::from_nanos(rand::random_range(0..=d.as_nanos() as u64))
 }

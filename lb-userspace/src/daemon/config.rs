@@ -46,10 +46,7 @@
 //! A broken file is rejected with the line and column of the offending key (toml's span) and
 //! the field and reason; the caller keeps whatever it was running.
 
-use crate::{
-    scheduler::Scheduler,
-    services::{Protocol, ServiceId},
-};
+use crate::director::{Protocol, Scheduler, ServiceId};
 use serde::Deserialize;
 use std::{
     collections::HashSet,
@@ -433,9 +430,7 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
         merge_check(&s.check, None, s.port, &field, &err)?;
         services.push(ServiceConfig {
             id,
-            sched: s
-                .scheduler
-                .unwrap_or(crate::ipvsadm_command::DEFAULT_SCHEDULER),
+            sched: s.scheduler.unwrap_or(Scheduler::DEFAULT),
             persistence: s.persistence,
             on_failure: s.on_failure.unwrap_or(OnFailure::Quiesce),
             reals,

@@ -1,9 +1,10 @@
 //! Reading the data path's connection table and persistence templates the way IPVS reports
-//! them: ActiveConn/InActConn per real (only ESTABLISHED is active) and `ipvsadm -L -c` rows.
+//! them: ActiveConn/InActConn per real (only ESTABLISHED is active) and one [`Entry`] per
+//! connection or template (what `ipvsadm -L -c` lists).
 
-use crate::{
-    ipvsadm_format::{ListConn, Proto},
-    services::{InstalledService, Maps, ServiceError},
+use super::{
+    maps::{Maps, MapsError},
+    table::{InstalledService, Protocol},
 };
 use lb_common::{
     CONN_CLOSE, CONN_ESTABLISHED, CONN_FIN_WAIT, CONN_SYN_RECV, Conn, ConnKey, IPPROTO_UDP,
@@ -46,7 +47,7 @@ fn remaining(maps: &Maps, c: &Conn, now: u64) -> Option<u64> {
         .filter(|&r| r > 0)
 }
 
-fn live_entries(maps: &Maps) -> Result<Vec<(ConnKey, Conn, u64)>, ServiceError> {
+fn live_entries(maps: &Maps) -> Result<Vec<(ConnKey, Conn, u64)>, MapsError> {
     let now = now_ns();
     let mut out = Vec::new();
     for item in maps.conns.iter() {
@@ -63,7 +64,7 @@ fn live_entries(maps: &Maps) -> Result<Vec<(ConnKey, Conn, u64)>, ServiceError> 
 }
 
 /// (active, inactive) connections per real slot.
-pub fn counts_by_real(maps: &Maps) -> Result<HashMap<u32, (u32, u32)>, ServiceError> {
+pub fn counts_by_real(maps: &Maps) -> Result<HashMap<u32, (u32, u32)>, MapsError> {
     let mut m: HashMap<u32, (u32, u32)> = HashMap::new();
     for (_, c, _) in live_entries(maps)? {
         let e = m.entry(c.real_id).or_default();
@@ -80,19 +81,34 @@ fn ip(be: u32) -> Ipv4Addr {
     Ipv4Addr::from(be.to_ne_bytes())
 }
 
-/// `ipvsadm -L -c` rows: connections, then persistence templates (state NONE, client port 0).
-pub fn entries(maps: &Maps, installed: &[InstalledService]) -> Result<Vec<ListConn>, ServiceError> {
+/// A connection entry or a persistence template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub proto: Protocol,
+    /// Seconds until the entry expires.
+    pub expire_secs: u64,
+    /// IPVS's state name: `NONE` (persistence template), `SYN_RECV`, `ESTABLISHED`, `FIN_WAIT`,
+    /// `CLOSE`; every UDP entry is `UDP`.
+    pub state: &'static str,
+    pub client: (Ipv4Addr, u16),
+    pub vip: (Ipv4Addr, u16),
+    pub real: (Ipv4Addr, u16),
+}
+
+/// Live connections, then persistence templates (state NONE, client port 0), sorted by VIP,
+/// client and state.
+pub fn entries(maps: &Maps, installed: &[InstalledService]) -> Result<Vec<Entry>, MapsError> {
     let mut rows = Vec::new();
     for (k, c, left) in live_entries(maps)? {
         let Ok(real) = maps.reals.get(&c.real_id, 0) else {
             continue;
         };
         let dport = u16::from_be(k.dport);
-        rows.push(ListConn {
+        rows.push(Entry {
             proto: if k.proto == IPPROTO_UDP {
-                Proto::Udp
+                Protocol::Udp
             } else {
-                Proto::Tcp
+                Protocol::Tcp
             },
             expire_secs: left,
             state: state_name(c.state),
@@ -122,12 +138,8 @@ pub fn entries(maps: &Maps, installed: &[InstalledService]) -> Result<Vec<ListCo
             continue;
         }
         let id = svc.spec.id;
-        rows.push(ListConn {
-            proto: if id.proto == crate::services::Protocol::Udp {
-                Proto::Udp
-            } else {
-                Proto::Tcp
-            },
+        rows.push(Entry {
+            proto: id.proto,
             expire_secs: left,
             state: "NONE",
             client: (ip(k.saddr), 0),

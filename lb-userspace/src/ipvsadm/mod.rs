@@ -1,20 +1,25 @@
-//! Runs an ipvsadm command line against the director's maps: the parsed invocation
-//! (`ipvsadm_grammar`) becomes a change to the in-memory service table, applied by
-//! [`Maps::apply_locked`] as one transaction, or a listing rendered by `ipvsadm_format`.
+//! lbadm's ipvsadm: one command line against the director's maps. `grammar` (with `options`,
+//! `popt`, `c_compat` and `usage`) parses it exactly as ipvsadm 1.31 does; [`run`] turns the
+//! invocation into a change of the service table, applied by [`Maps::apply_locked`] as one
+//! transaction, or into a listing that `format` renders byte for byte.
 //!
 //! Every change reads the current table under the lock, edits a copy, validates it and applies
 //! the difference; a command that fails changes no map. `-R` applies a whole file the same way:
 //! all of it or nothing (ipvsadm stops half-way, leaving the lines before the error applied).
 
-use crate::{
-    conntrack,
-    ipvsadm_format::{self as fmt, ListOptions, ListReal, ListService, Resolver},
-    ipvsadm_grammar::{self as grammar, Command, Invocation},
-    scheduler::Scheduler,
-    services::{
-        InstalledService, Maps, Protocol, RealServer, ServiceError, ServiceId, VirtualService,
-    },
+pub mod c_compat;
+pub mod format;
+pub mod grammar;
+pub mod options;
+pub mod popt;
+pub mod usage;
+
+use crate::director::{
+    InstalledService, Maps, MapsError, RealServer, Scheduler, ServiceId, VirtualService, conntrack,
+    plan::PlanError,
 };
+use format::{self as fmt, ListOptions, ListReal, ListService, Resolver};
+use grammar::{Command, Invocation};
 use lb_common::Counters;
 use std::{collections::HashMap, io::Read, path::Path, time::Duration};
 
@@ -48,9 +53,6 @@ impl Outcome {
     }
 }
 
-/// The scheduler `-A` gets without `-s`. ipvsadm's default, `wlc`, needs live connection counts
-/// in the data path; `wrr` honours the weights the same way for equal-cost connections.
-pub const DEFAULT_SCHEDULER: Scheduler = Scheduler::Wrr;
 pub const IPVS_VERSION: &str = "1.2.1";
 pub const TIMEOUTS: (u32, u32, u32) = (
     lb_common::TIMEOUT_ESTABLISHED as u32,
@@ -66,10 +68,10 @@ fn op_err(msg: &str) -> Outcome {
     Outcome::err(msg, 255)
 }
 
-fn map_failure(e: ServiceError) -> Outcome {
+fn map_failure(e: MapsError) -> Outcome {
     match e {
-        ServiceError::NotAttached(_) => Outcome::err(format!("lbadm: {e}"), 2),
-        ServiceError::TooManyServices | ServiceError::TooManyReals => {
+        MapsError::NotAttached(_) => Outcome::err(format!("lbadm: {e}"), 2),
+        MapsError::Plan(PlanError::TooManyServices | PlanError::TooManyReals) => {
             Outcome::err("Memory allocation problem", 255)
         }
         other => Outcome::err(format!("lbadm: {other}"), 255),
@@ -85,9 +87,9 @@ pub fn run(program: &str, args: &[String], pin_dir: &Path, stdin: &mut dyn Read)
     match inv.command {
         Command::Help => return Outcome::ok(grammar::usage(program)),
         Command::Version => return Outcome::ok(format!("{}\n", grammar::VERSION_LINE)),
-        Command::Set => return Outcome::err(grammar::SET_UNSUPPORTED, 2),
+        Command::Set => return Outcome::err(usage::SET_UNSUPPORTED, 2),
         Command::StartDaemon | Command::StopDaemon => {
-            return Outcome::err(grammar::DAEMON_UNSUPPORTED, 2);
+            return Outcome::err(usage::DAEMON_UNSUPPORTED, 2);
         }
         _ => {}
     }
@@ -142,10 +144,7 @@ fn change(
 
 fn service_id(inv: &Invocation) -> Option<ServiceId> {
     inv.service.as_ref().map(|s| ServiceId {
-        proto: match s.proto {
-            grammar::Proto::Tcp => Protocol::Tcp,
-            grammar::Proto::Udp => Protocol::Udp,
-        },
+        proto: s.proto,
         addr: s.addr,
         port: s.port,
     })
@@ -153,7 +152,7 @@ fn service_id(inv: &Invocation) -> Option<ServiceId> {
 
 fn scheduler(name: Option<&str>) -> Result<Scheduler, Outcome> {
     match name {
-        None => Ok(DEFAULT_SCHEDULER),
+        None => Ok(Scheduler::DEFAULT),
         Some(n) => n
             .parse()
             .map_err(|_| op_err("Scheduler or persistence engine not found")),
@@ -272,7 +271,7 @@ struct Sample {
     reals: HashMap<u32, Counters>,
 }
 
-fn sample(maps: &Maps, installed: &[InstalledService]) -> Result<Sample, ServiceError> {
+fn sample(maps: &Maps, installed: &[InstalledService]) -> Result<Sample, MapsError> {
     let mut s = Sample {
         services: HashMap::new(),
         reals: HashMap::new(),
@@ -419,10 +418,7 @@ fn to_rows(
         .map(|s| {
             let (svc_stats, svc_rate) = both(s.slot, |x| &x.services);
             ListService {
-                proto: match s.spec.id.proto {
-                    Protocol::Tcp => fmt::Proto::Tcp,
-                    Protocol::Udp => fmt::Proto::Udp,
-                },
+                proto: s.spec.id.proto,
                 addr: s.spec.id.addr,
                 port: s.spec.id.port,
                 sched: s.spec.sched.name().to_string(),
@@ -464,7 +460,7 @@ mod tests {
         assert!(
             u.contains(&format!(
                 "the default scheduler is {}.",
-                DEFAULT_SCHEDULER.name()
+                Scheduler::DEFAULT.name()
             )),
             "{u}"
         );
@@ -484,7 +480,7 @@ mod tests {
         assert_eq!(run(&["-v"]).code, 0);
         assert!(run(&["-h"]).stdout.starts_with(grammar::VERSION_LINE));
         let o = run(&["--set", "1", "2", "3"]);
-        assert_eq!((o.code, o.stderr.trim_end()), (2, grammar::SET_UNSUPPORTED));
+        assert_eq!((o.code, o.stderr.trim_end()), (2, usage::SET_UNSUPPORTED));
         let o = run(&["-L", "-n", "--tun-info"]);
         assert_eq!(o.code, 2);
         assert!(o.stderr.contains("--tun-info"));

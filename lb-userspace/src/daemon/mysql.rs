@@ -1,154 +1,13 @@
-//! Health checks of real servers and the fall/rise state machine.
-//!
-//! * `tcp`: connect to real:port within the timeout (keepalived's TCP_CHECK).
-//! * `mysql`: connect and read the server's initial handshake (HandshakeV10) within the timeout:
-//!   3-byte length, sequence 0, protocol 10, NUL-terminated version, thread id, 8 bytes of auth
-//!   data, filler 0. An ERR packet (0xff) instead is DOWN with its errno and message. Without
-//!   credentials nothing is sent: the connection is closed after the greeting. With `user` (and `password`) configured, it then authenticates (mysql_native_password)
-//!   and runs `SELECT 1`; an authentication or query error is DOWN. Secrets are never logged.
-//!
-//! A check goes either to the real's own address (`via = "direct"`, keepalived's way) or to
-//! VIP:port encapsulated to that real (`via = "tunnel"`, the path clients take; see
-//! [`crate::probe`]).
+//! Just enough of the MySQL protocol for a health check: the server's greeting
+//! (HandshakeV10, or an ERR packet such as 1040 *Too many connections*), and, with credentials,
+//! a mysql_native_password login, `SELECT 1` and COM_QUIT. Secrets never reach an error text.
 
-use crate::{
-    config::{CheckConfig, CheckKind, CheckVia},
-    probe::{Probes, Registration},
-};
+use super::config::Secret;
 use sha1::{Digest as _, Sha1};
-use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    sync::Arc,
-    time::{Duration, Instant},
-};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpSocket, TcpStream},
+    net::TcpStream,
 };
-
-/// Where a check connects.
-#[derive(Clone)]
-pub enum CheckTarget {
-    /// The real's own address and the check's port.
-    Direct(SocketAddrV4),
-    /// VIP:port, encapsulated to `real` by the data path.
-    Tunnel {
-        vip: Ipv4Addr,
-        real: Ipv4Addr,
-        port: u16,
-        probes: Arc<Probes>,
-    },
-}
-
-impl CheckTarget {
-    /// The target of `check` for this real of a service with VIP `vip`. A tunnel check needs
-    /// the data path's probe map (`Err(why)` if it could not be opened).
-    pub fn new(
-        vip: Ipv4Addr,
-        real: Ipv4Addr,
-        check: &CheckConfig,
-        probes: Result<&Arc<Probes>, &str>,
-    ) -> Result<Self, String> {
-        match check.via {
-            CheckVia::Direct => Ok(CheckTarget::Direct(SocketAddrV4::new(real, check.port))),
-            CheckVia::Tunnel => Ok(CheckTarget::Tunnel {
-                vip,
-                real,
-                port: check.port,
-                probes: probes.map_err(|why| format!("tunnel: {why}"))?.clone(),
-            }),
-        }
-    }
-}
-
-/// One check's result: Ok(latency) or Err(reason, printable, no secrets).
-pub type CheckResult = Result<Duration, String>;
-
-/// Runs one check of kind `check.kind` against `target`, bounded by `check.timeout`.
-pub async fn run_check(target: &CheckTarget, check: &CheckConfig) -> CheckResult {
-    let start = Instant::now();
-    if check.kind == CheckKind::None {
-        return Ok(Duration::ZERO);
-    }
-    let (socket, addr, probe) = match target {
-        CheckTarget::Direct(addr) => (
-            TcpSocket::new_v4().map_err(|e| format!("tcp: socket: {e}"))?,
-            *addr,
-            None,
-        ),
-        CheckTarget::Tunnel {
-            vip,
-            real,
-            port,
-            probes,
-        } => {
-            let (s, reg) = probes
-                .socket(*vip, *real, *port)
-                .map_err(|e| e.to_string())?;
-            (s, SocketAddrV4::new(*real, *port), Some(reg))
-        }
-    };
-    let fut = async {
-        let mut s = connect(socket, addr).await?;
-        if check.kind == CheckKind::Mysql {
-            let greeting = read_greeting(&mut s).await?;
-            if let Some(user) = &check.user {
-                authenticate_and_select(&mut s, &greeting, user, check.password.as_ref()).await?;
-            }
-        }
-        Ok(())
-        // Dropping the stream closes it.
-    };
-    let result = match tokio::time::timeout(check.timeout, fut).await {
-        Ok(Ok(())) => Ok(start.elapsed()),
-        Ok(Err(reason)) => Err(reason),
-        Err(_) => Err(format!(
-            "{}: timeout after {}ms",
-            check.kind.name(),
-            check.timeout.as_millis()
-        )),
-    };
-    match (probe, target) {
-        (Some(reg), CheckTarget::Tunnel { vip, port, .. }) => {
-            tunnel_verdict(result, &reg, SocketAddrV4::new(*vip, *port))
-        }
-        _ => result,
-    }
-}
-
-/// A tunnel check passes only if its packets were encapsulated and its replies came from the
-/// VIP; a failure says which half is missing.
-fn tunnel_verdict(result: CheckResult, reg: &Registration, vip: SocketAddrV4) -> CheckResult {
-    let (egress, ingress) = reg.counters();
-    match result {
-        Ok(_) if egress == 0 => Err(
-            "tunnel: answered without encapsulation (the director's TC egress program is not \
-             attached to the interface the route to the real uses; lbadm attach --iface IF)"
-                .to_string(),
-        ),
-        Ok(_) if ingress == 0 => Err(format!(
-            "tunnel: the answer did not come from {vip} (the real answers from another address)"
-        )),
-        Ok(d) => Ok(d),
-        Err(e) if egress > 0 && ingress == 0 => Err(format!(
-            "{e}; nothing came back from {vip} through the tunnel (on the real: VIP configured? \
-             decapsulation? rp_filter? `lbadm realserver check`)"
-        )),
-        Err(e) => Err(format!("{e} (through the tunnel to {vip})")),
-    }
-}
-
-async fn connect(socket: TcpSocket, addr: SocketAddrV4) -> Result<TcpStream, String> {
-    socket.connect(SocketAddr::V4(addr)).await.map_err(|e| {
-        let what = match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-            std::io::ErrorKind::HostUnreachable => "host unreachable".to_string(),
-            std::io::ErrorKind::NetworkUnreachable => "network unreachable".to_string(),
-            _ => e.to_string(),
-        };
-        format!("tcp: {what}")
-    })
-}
 
 /// What the server said in its greeting (only what a check may log: no auth data).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +25,7 @@ pub struct Greeting {
 /// Longest greeting accepted (a real one is ~80 bytes).
 const MAX_GREETING: usize = 4096;
 
-async fn read_greeting(s: &mut TcpStream) -> Result<Greeting, String> {
+pub async fn read_greeting(s: &mut TcpStream) -> Result<Greeting, String> {
     let mut hdr = [0u8; 4];
     read_exact(s, &mut hdr, "greeting's header").await?;
     let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], 0]) as usize;
@@ -344,11 +203,11 @@ fn err_packet(p: &[u8], what: &str) -> String {
 
 /// Logs in as `user` (mysql_native_password, also after an auth switch) and runs `SELECT 1`,
 /// expecting exactly one row `1`; then says COM_QUIT. Errors never contain the password.
-async fn authenticate_and_select(
+pub async fn authenticate_and_select(
     s: &mut TcpStream,
     greeting: &Greeting,
     user: &str,
-    password: Option<&crate::config::Secret>,
+    password: Option<&Secret>,
 ) -> Result<(), String> {
     let pw = password.map(|p| p.expose().as_bytes()).unwrap_or(b"");
     // A server whose default plugin is another one answers with an auth switch.
@@ -405,72 +264,14 @@ async fn authenticate_and_select(
     Ok(())
 }
 
-/// A real's health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    Up,
-    Down,
-}
-
-/// fall/rise: `fall` consecutive failures mark an UP real DOWN, `rise` consecutive successes
-/// mark a DOWN real UP. A real starts UP (keepalived without `alpha`) unless told otherwise.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tracker {
-    pub health: Health,
-    pub fails: u32,
-    pub oks: u32,
-}
-
-impl Tracker {
-    pub fn new(health: Health) -> Self {
-        Tracker {
-            health,
-            fails: 0,
-            oks: 0,
-        }
-    }
-
-    /// Records one result; returns the new health if it changed.
-    pub fn record(&mut self, ok: bool, fall: u32, rise: u32) -> Option<Health> {
-        match (self.health, ok) {
-            (Health::Up, true) => {
-                self.fails = 0;
-                None
-            }
-            (Health::Up, false) => {
-                self.fails += 1;
-                if self.fails >= fall.max(1) {
-                    self.health = Health::Down;
-                    self.fails = 0;
-                    self.oks = 0;
-                    Some(Health::Down)
-                } else {
-                    None
-                }
-            }
-            (Health::Down, true) => {
-                self.oks += 1;
-                if self.oks >= rise.max(1) {
-                    self.health = Health::Up;
-                    self.fails = 0;
-                    self.oks = 0;
-                    Some(Health::Up)
-                } else {
-                    None
-                }
-            }
-            (Health::Down, false) => {
-                self.oks = 0;
-                None
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::{
+        config::CheckConfig,
+        healthcheck::{CheckTarget, run_check},
+    };
+    use std::net::{SocketAddr, SocketAddrV4};
 
     fn greeting() -> Vec<u8> {
         let mut p = vec![0x0a];
@@ -567,7 +368,7 @@ mod tests {
              [service.check]\ntype = \"mysql\"\nvia = \"direct\"\nuser = \"{user}\"\n\
              password = \"{password}\"\n[[service.real]]\naddress = \"127.0.0.1\"\n"
         );
-        let c = crate::config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let c = crate::daemon::config::parse(std::path::Path::new("t.toml"), &text).unwrap();
         c.services[0].reals[0].check.clone()
     }
 
@@ -606,20 +407,5 @@ mod tests {
             parse_greeting(0, &err).unwrap_err(),
             "mysql: ERR 1040 Too many connections"
         );
-    }
-
-    #[test]
-    fn fall_and_rise() {
-        let mut t = Tracker::new(Health::Up);
-        assert_eq!(t.record(false, 3, 2), None);
-        assert_eq!(t.record(false, 3, 2), None);
-        assert_eq!(t.record(true, 3, 2), None);
-        assert_eq!(t.record(false, 3, 2), None);
-        assert_eq!(t.record(false, 3, 2), None);
-        assert_eq!(t.record(false, 3, 2), Some(Health::Down));
-        assert_eq!(t.record(true, 3, 2), None);
-        assert_eq!(t.record(false, 3, 2), None);
-        assert_eq!(t.record(true, 3, 2), None);
-        assert_eq!(t.record(true, 3, 2), Some(Health::Up));
     }
 }

@@ -4,7 +4,14 @@
 //! pin directory, and so are the XDP and TC links. Later `lbadm` invocations reopen them from
 //! there; `detach` removes them.
 
-use crate::{netlink, objects, sysctl};
+use crate::{
+    objects,
+    sys::{
+        SysError,
+        bpffs::{self, LINK_XDP, bpf},
+        host, netlink, sysctl,
+    },
+};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
@@ -19,13 +26,11 @@ use lb_common::{
     PROG_TC_EGRESS, PROG_TC_INGRESS,
 };
 use std::{
-    ffi::CString,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbadm";
-const XDP_LINK_PIN: &str = "link_xdp";
 const TC_LINK_PIN: &str = "link_tc";
 const TC_EGRESS_LINK_PIN: &str = "link_tc_egress";
 /// The TC programs, where they attach and where their links are pinned (TCX).
@@ -33,20 +38,9 @@ const TC_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
     (PROG_TC_INGRESS, TcAttachType::Ingress, TC_LINK_PIN),
     (PROG_TC_EGRESS, TcAttachType::Egress, TC_EGRESS_LINK_PIN),
 ];
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error(
-        "this needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach eBPF programs: run it as root"
-    )]
-    NotRoot,
-    #[error("no interface named `{0}`: pick one from `ip -br link`")]
-    NoSuchInterface(String),
-    #[error(
-        "{0} is not on a mounted bpffs: mount one with `mount -t bpf bpf /sys/fs/bpf`, or pass --pin-dir under a bpffs mount"
-    )]
-    NoBpffs(PathBuf),
     #[error(
         "the data path is not attached (nothing pinned under {0}): run `lbadm attach --iface IF`"
     )]
@@ -57,24 +51,20 @@ pub enum DatapathError {
         "interface `{0}` has no IPv4 address to use as the tunnel source: add one or pass --tunnel-source ADDR"
     )]
     NoTunnelSource(String),
-    #[error(
-        "this kernel cannot attach XDP to `{iface}` (neither native nor generic mode): {source}"
-    )]
-    NoXdp {
-        iface: String,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("{what}: {source}")]
-    Bpf {
-        what: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
     #[error(transparent)]
-    Sysctl(#[from] sysctl::SysctlError),
-    #[error(transparent)]
-    Netlink(#[from] netlink::NetlinkError),
+    Sys(#[from] SysError),
+}
+
+impl From<sysctl::SysctlError> for DatapathError {
+    fn from(e: sysctl::SysctlError) -> Self {
+        DatapathError::Sys(e.into())
+    }
+}
+
+impl From<netlink::NetlinkError> for DatapathError {
+    fn from(e: netlink::NetlinkError) -> Self {
+        DatapathError::Sys(e.into())
+    }
 }
 
 pub type Result<T, E = DatapathError> = std::result::Result<T, E>;
@@ -83,109 +73,10 @@ trait Ctx<T> {
     fn ctx(self, what: &str) -> Result<T>;
 }
 
-impl<T, E: std::error::Error + Send + Sync + 'static> Ctx<T> for std::result::Result<T, E> {
+impl<T, E: std::error::Error> Ctx<T> for std::result::Result<T, E> {
     fn ctx(self, what: &str) -> Result<T> {
-        self.map_err(|e| DatapathError::Bpf {
-            what: what.to_string(),
-            source: one_line(&e).into(),
-        })
+        self.map_err(|e| bpf(what)(e).into())
     }
-}
-
-/// An error as one line: a verifier rejection carries its whole log, of which the reason is
-/// the line before the statistics at the end.
-fn one_line(e: &dyn std::error::Error) -> String {
-    let text = e.to_string();
-    let Some((head, log)) = text.split_once("Verifier output:") else {
-        return text.replace('\n', " ");
-    };
-    let reason = log
-        .lines()
-        .map(str::trim)
-        .rfind(|l| {
-            !l.is_empty()
-                && !l.starts_with("verification time")
-                && !l.starts_with("processed ")
-                && !l.starts_with("stack depth")
-                && !l.starts_with(':')
-        })
-        .unwrap_or("(empty log)");
-    format!(
-        "{} verifier says: {reason} (kernel {})",
-        head.trim(),
-        kernel_release()
-    )
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-pub fn ensure_root() -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(DatapathError::NotRoot);
-    }
-    Ok(())
-}
-
-const BPFFS_ROOT: &str = "/sys/fs/bpf";
-
-fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-}
-
-/// The pin directory must live on a bpffs; its parent is checked when it does not exist yet.
-/// Like bpftool, mount the standard bpffs at /sys/fs/bpf when nothing is mounted there (some
-/// minimal systems and containers boot without it).
-pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    let probe = if pin_dir.exists() {
-        pin_dir
-    } else {
-        pin_dir.parent().unwrap_or(Path::new("/"))
-    };
-    if is_bpffs(probe) {
-        return Ok(());
-    }
-    let root = Path::new(BPFFS_ROOT);
-    if pin_dir.starts_with(root) && !is_bpffs(root) && root.is_dir() {
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                c"/sys/fs/bpf".as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                c"mode=0700".as_ptr().cast(),
-            )
-        };
-        if rc == 0 && is_bpffs(probe) {
-            return Ok(());
-        }
-    }
-    Err(DatapathError::NoBpffs(pin_dir.into()))
-}
-
-pub fn ifindex(iface: &str) -> Result<u32> {
-    let c = CString::new(iface).map_err(|_| DatapathError::NoSuchInterface(iface.into()))?;
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(DatapathError::NoSuchInterface(iface.into())),
-        i => Ok(i),
-    }
-}
-
-pub fn ifname(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    let s = unsafe { std::ffi::CStr::from_ptr(p) };
-    Some(s.to_string_lossy().into_owned())
 }
 
 /// Which of the data path's events it logs (aya-log). The level is a load-time constant,
@@ -202,8 +93,7 @@ pub enum LogLevel {
 
 /// Loads the director object with its maps pinned (or reopened) under `pin_dir`.
 pub fn load(pin_dir: &Path, log: LogLevel) -> Result<Ebpf> {
-    ensure_bpffs(pin_dir)?;
-    std::fs::create_dir_all(pin_dir).ctx(&format!("creating {}", pin_dir.display()))?;
+    bpffs::create_pin_dir(pin_dir)?;
     let level = log as u8;
     EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
@@ -214,7 +104,7 @@ pub fn load(pin_dir: &Path, log: LogLevel) -> Result<Ebpf> {
 
 /// The id of the attached XDP program (to read its log events from another process).
 pub fn program_id(pin_dir: &Path) -> Result<u32> {
-    let path = pin_dir.join(XDP_LINK_PIN);
+    let path = pin_dir.join(LINK_XDP);
     if !path.exists() {
         return Err(DatapathError::NotAttached(pin_dir.into()));
     }
@@ -222,16 +112,6 @@ pub fn program_id(pin_dir: &Path) -> Result<u32> {
     let fd: FdLink = link.into();
     let info = fd.info().ctx("reading the XDP link")?;
     Ok(info.program_id())
-}
-
-/// Removes every pin under `pin_dir` and the directory itself.
-pub fn remove_pins(pin_dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(pin_dir) {
-        for e in entries.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(pin_dir);
 }
 
 #[derive(Debug, Clone)]
@@ -257,10 +137,10 @@ pub struct AttachReport {
 
 /// Attaches the data path to `opts.iface`. On failure nothing is left behind.
 pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
-    ensure_root()?;
-    let ifindex = ifindex(&opts.iface)?;
-    ensure_bpffs(&opts.pin_dir)?;
-    if opts.pin_dir.join(XDP_LINK_PIN).exists() {
+    host::ensure_root()?;
+    let ifindex = host::ifindex(&opts.iface)?;
+    bpffs::ensure_bpffs(&opts.pin_dir)?;
+    if opts.pin_dir.join(LINK_XDP).exists() {
         return Err(DatapathError::AlreadyAttached(opts.pin_dir.clone()));
     }
     let tunnel_source = match opts.tunnel_source {
@@ -291,7 +171,7 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
     let link_id = if opts.generic {
         report.generic = true;
         xdp.attach_to_if_index(ifindex, XdpMode::Skb)
-            .map_err(|source| DatapathError::NoXdp {
+            .map_err(|source| SysError::NoXdp {
                 iface: opts.iface.clone(),
                 source,
             })?
@@ -305,7 +185,7 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
                     opts.iface
                 ));
                 xdp.attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map_err(|source| DatapathError::NoXdp {
+                    .map_err(|source| SysError::NoXdp {
                         iface: opts.iface.clone(),
                         source,
                     })?
@@ -316,7 +196,7 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
     let link: FdLink = link
         .try_into()
         .ctx("this kernel attached XDP without a bpf_link (needs Linux >= 5.9)")?;
-    link.pin(opts.pin_dir.join(XDP_LINK_PIN))
+    link.pin(opts.pin_dir.join(LINK_XDP))
         .ctx("pinning the XDP link")?;
 
     undo.iface = Some(opts.iface.clone());
@@ -351,8 +231,7 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
         }
     }
 
-    let forwarding = format!("net.ipv4.conf.{}.forwarding", opts.iface);
-    let was = sysctl::read_u32(&forwarding)?;
+    let was = sysctl::ipv4_conf_read(&opts.iface, "forwarding")?;
     report.forwarding_enabled = was == 0;
     let mut attach = 0;
     if report.generic {
@@ -374,7 +253,7 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
     };
     write_config(&mut bpf, &cfg)?;
     if report.forwarding_enabled {
-        sysctl::write(&forwarding, "1")?;
+        sysctl::ipv4_conf_write(&opts.iface, "forwarding", 1)?;
     }
     undo.disarm();
     Ok(report)
@@ -384,7 +263,7 @@ fn prog_mut<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = bpf.program_mut(name).ok_or_else(|| DatapathError::Bpf {
+    let p = bpf.program_mut(name).ok_or_else(|| SysError::Bpf {
         what: format!("program {name} missing from the object"),
         source: "not found".into(),
     })?;
@@ -393,7 +272,7 @@ where
 }
 
 fn write_config(bpf: &mut Ebpf, cfg: &Config) -> Result<()> {
-    let map = bpf.map_mut(MAP_CONFIG).ok_or_else(|| DatapathError::Bpf {
+    let map = bpf.map_mut(MAP_CONFIG).ok_or_else(|| SysError::Bpf {
         what: "map LB_CONFIG missing".into(),
         source: "not found".into(),
     })?;
@@ -421,7 +300,7 @@ impl Drop for Undo {
         if self.pin_dir.as_os_str().is_empty() {
             return;
         }
-        let _ = std::fs::remove_file(self.pin_dir.join(XDP_LINK_PIN));
+        let _ = std::fs::remove_file(self.pin_dir.join(LINK_XDP));
         if let Some(iface) = &self.iface {
             for (name, at, pin) in TC_PROGRAMS {
                 let _ = std::fs::remove_file(self.pin_dir.join(pin));
@@ -429,7 +308,7 @@ impl Drop for Undo {
             }
         }
         if self.remove_pins {
-            remove_pins(&self.pin_dir);
+            bpffs::remove_pins(&self.pin_dir);
         }
     }
 }
@@ -446,7 +325,7 @@ pub fn read_config(pin_dir: &Path) -> Result<Config> {
 }
 
 pub fn is_attached(pin_dir: &Path) -> bool {
-    pin_dir.join(XDP_LINK_PIN).exists()
+    pin_dir.join(LINK_XDP).exists()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,14 +336,14 @@ pub struct DetachReport {
 
 /// Detaches the data path and removes its pinned state.
 pub fn detach(pin_dir: &Path) -> Result<DetachReport> {
-    ensure_root()?;
-    ensure_bpffs(pin_dir)?;
+    host::ensure_root()?;
+    bpffs::ensure_bpffs(pin_dir)?;
     if !pin_dir.exists() {
         return Err(DatapathError::NotAttached(pin_dir.into()));
     }
     let cfg = read_config(pin_dir).ok();
-    let iface = cfg.and_then(|c| ifname(c.ifindex));
-    for pin in [XDP_LINK_PIN, TC_LINK_PIN, TC_EGRESS_LINK_PIN] {
+    let iface = cfg.and_then(|c| host::ifname(c.ifindex));
+    for pin in [LINK_XDP, TC_LINK_PIN, TC_EGRESS_LINK_PIN] {
         let path = pin_dir.join(pin);
         if path.exists() {
             // Unpinning drops the last reference to the link, which detaches it.
@@ -481,14 +360,11 @@ pub fn detach(pin_dir: &Path) -> Result<DetachReport> {
             }
         }
         if cfg.attach & ATTACH_SET_FORWARDING != 0 {
-            sysctl::write(
-                &format!("net.ipv4.conf.{iface}.forwarding"),
-                &cfg.saved_forwarding.to_string(),
-            )?;
+            sysctl::ipv4_conf_write(iface, "forwarding", cfg.saved_forwarding)?;
             forwarding_restored = true;
         }
     }
-    remove_pins(pin_dir);
+    bpffs::remove_pins(pin_dir);
     Ok(DetachReport {
         iface,
         forwarding_restored,

@@ -1,0 +1,136 @@
+//! The Prometheus endpoint (`metrics = "ADDR:PORT"`): counters from the maps, health from the
+//! daemon, on `GET /metrics`.
+
+use super::healthcheck::Health;
+use crate::director::{Maps, ServiceId};
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// What the metrics endpoint knows about health, kept current by the daemon.
+pub type HealthSnapshot = Arc<Mutex<Vec<(ServiceId, Ipv4Addr, Health)>>>;
+
+pub async fn serve(listener: tokio::net::TcpListener, pin_dir: PathBuf, snapshot: HealthSnapshot) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (pin_dir, snapshot) = (pin_dir.clone(), snapshot.clone());
+        tokio::spawn(async move {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n")
+            {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, s.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => req.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+                if req.len() > 8192 {
+                    break;
+                }
+            }
+            let line = String::from_utf8_lossy(&req)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (status, body) =
+                if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
+                    match tokio::task::spawn_blocking(move || text(&pin_dir, &snapshot)).await {
+                        Ok(Ok(b)) => ("200 OK", b),
+                        Ok(Err(e)) => ("500 Internal Server Error", format!("{e:#}\n")),
+                        Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+                    }
+                } else {
+                    ("404 Not Found", "not found: try /metrics\n".to_string())
+                };
+            let head = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}
+
+/// Prometheus text format: counters from the maps, health gauges from the daemon.
+pub fn text(pin_dir: &Path, snapshot: &HealthSnapshot) -> anyhow::Result<String> {
+    let maps = Maps::open(pin_dir)?;
+    let services = maps.read()?;
+    let mut out = String::new();
+    let svc_label = |id: &ServiceId| {
+        format!(
+            "protocol=\"{}\",vip=\"{}\",port=\"{}\"",
+            id.proto.name().to_lowercase(),
+            id.addr,
+            id.port
+        )
+    };
+    let mut svc_rows = Vec::new();
+    let mut real_rows = Vec::new();
+    for s in &services {
+        svc_rows.push((svc_label(&s.spec.id), maps.service_stats(s.slot)?));
+        for (r, &slot) in s.spec.reals.iter().zip(&s.real_slots) {
+            real_rows.push((
+                format!("{},real=\"{}\"", svc_label(&s.spec.id), r.addr),
+                maps.real_stats(slot)?,
+                r.weight,
+            ));
+        }
+    }
+    for (name, help, f) in [
+        ("connections", "new connections scheduled", 0usize),
+        ("packets", "inbound packets forwarded", 1),
+        ("bytes", "inbound bytes forwarded", 2),
+    ] {
+        let pick = |c: &lb_common::Counters| [c.conns, c.packets, c.bytes][f];
+        let _ = writeln!(
+            out,
+            "# HELP lbadm_service_{name}_total Virtual service: {help}."
+        );
+        let _ = writeln!(out, "# TYPE lbadm_service_{name}_total counter");
+        for (l, c) in &svc_rows {
+            let _ = writeln!(out, "lbadm_service_{name}_total{{{l}}} {}", pick(c));
+        }
+        let _ = writeln!(out, "# HELP lbadm_real_{name}_total Real server: {help}.");
+        let _ = writeln!(out, "# TYPE lbadm_real_{name}_total counter");
+        for (l, c, _) in &real_rows {
+            let _ = writeln!(out, "lbadm_real_{name}_total{{{l}}} {}", pick(c));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lbadm_real_weight Real server weight in the maps (0 = quiesced)."
+    );
+    let _ = writeln!(out, "# TYPE lbadm_real_weight gauge");
+    for (l, _, w) in &real_rows {
+        let _ = writeln!(out, "lbadm_real_weight{{{l}}} {w}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lbadm_real_up Health of a configured real server (1 = UP, 0 = DOWN)."
+    );
+    let _ = writeln!(out, "# TYPE lbadm_real_up gauge");
+    let snap = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+    for (id, addr, h) in snap {
+        let _ = writeln!(
+            out,
+            "lbadm_real_up{{{},real=\"{addr}\"}} {}",
+            svc_label(&id),
+            u8::from(h == Health::Up)
+        );
+    }
+    Ok(out)
+}

@@ -36,9 +36,9 @@ pub fn parse(ctx: &XdpContext) -> Result<L2, L2Error> {
 }
 
 /// After `bpf_xdp_adjust_head(-by)`: copies the Ethernet header (and its tag) that now sits
-/// `by` bytes in back to the front of the frame.
+/// `by` bytes in back to the front of the frame, and returns it there.
 #[inline(always)]
-pub fn slide_to_front(ctx: &XdpContext, by: usize, vlan: bool) -> Option<()> {
+pub fn slide_to_front(ctx: &XdpContext, by: usize, vlan: bool) -> Option<*mut EthHdr> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     let old: *const EthHdr = ptr_at(ctx, by)?;
     unsafe { *eth = *old };
@@ -47,5 +47,5 @@ pub fn slide_to_front(ctx: &XdpContext, by: usize, vlan: bool) -> Option<()> {
         let old: *const [u8; VLAN_HLEN] = ptr_at(ctx, ETH_HLEN + by)?;
         unsafe { *tag = *old };
     }
-    Some(())
+    Some(eth)
 }

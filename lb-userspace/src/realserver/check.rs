@@ -7,7 +7,7 @@ use super::{
     load_state, receiving_iface,
 };
 use crate::sys::{
-    netlink::{Addr, Rtnl},
+    netlink::{Addr, Rtnl, name_of},
     sysctl::{ipv4_conf_effective, ipv4_conf_read},
 };
 use serde::Serialize;
@@ -87,13 +87,7 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
     )?;
     let links = nl.links()?;
     let addrs = nl.addrs()?;
-    let name_of = |i: u32| {
-        links
-            .iter()
-            .find(|l| l.index == i)
-            .map(|l| l.name.clone())
-            .unwrap_or(format!("ifindex {i}"))
-    };
+    let name_of = |i: u32| name_of(&links, i);
     let tunl0 = links.iter().find(|l| l.name == TUNL0);
     let vips: Vec<Ipv4Addr> = if !opts.vips.is_empty() {
         dedup(&opts.vips)

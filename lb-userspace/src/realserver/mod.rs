@@ -18,7 +18,7 @@ pub mod firewall;
 
 use crate::sys::{
     SysError, host,
-    netlink::{Link, NetlinkError, Rtnl},
+    netlink::{Link, NetlinkError, Rtnl, name_of},
     sysctl::{self, SysctlError, ipv4_conf_key, ipv4_conf_path, ipv4_conf_read, ipv4_conf_write},
 };
 use lb_common::{MAP_DECAP_DIRS, MAP_DECAP_VIPS, ip_be};
@@ -453,13 +453,7 @@ fn setup_steps(
     //    itself). Another /32 of the same address elsewhere is the operator's: warn only.
     let addrs = nl.addrs()?;
     let links = nl.links()?;
-    let name_of = |i: u32| {
-        links
-            .iter()
-            .find(|l| l.index == i)
-            .map(|l| l.name.clone())
-            .unwrap_or(format!("ifindex {i}"))
-    };
+    let name_of = |i: u32| name_of(&links, i);
     for &vip in vips {
         if !addrs
             .iter()

@@ -81,6 +81,15 @@ pub struct Addr {
     pub prefix: u8,
 }
 
+/// The name of link `index` among `links`, or `ifindex N` if it has gone.
+pub fn name_of(links: &[Link], index: u32) -> String {
+    links
+        .iter()
+        .find(|l| l.index == index)
+        .map(|l| l.name.clone())
+        .unwrap_or(format!("ifindex {index}"))
+}
+
 fn link_from(m: &LinkMessage) -> Link {
     let mut name = String::new();
     let mut mtu = 0;

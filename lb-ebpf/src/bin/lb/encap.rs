@@ -17,10 +17,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use lb_common::{IPPROTO_IPIP, NEIGH_META_MAGIC, NEXTHOP_TTL_NS, NeighMeta, NextHop, Real, Reason};
 use lb_ebpf::{
-    hdr::{
-        ETH_HLEN, EthHdr, ICMP_FRAG_NEEDED, IP_DF, IPV4_HLEN, Ipv4Hdr, VLAN_HLEN, ptr_at,
-        store_ipv4,
-    },
+    hdr::{ETH_HLEN, ICMP_FRAG_NEEDED, IP_DF, IPV4_HLEN, Ipv4Hdr, VLAN_HLEN, ptr_at, store_ipv4},
     ipip, l2,
 };
 
@@ -174,7 +171,7 @@ pub fn encapsulate(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN as i32)) } != 0 {
         return Err(discard(Reason::DropAdjust));
     }
-    l2::slide_to_front(ctx, IPV4_HLEN, pkt.vlan).ok_or(discard(Reason::DropAdjust))?;
+    let eth = l2::slide_to_front(ctx, IPV4_HLEN, pkt.vlan).ok_or(discard(Reason::DropAdjust))?;
     let l3 = if pkt.vlan {
         ETH_HLEN + VLAN_HLEN
     } else {
@@ -192,7 +189,6 @@ pub fn encapsulate(
         Hop::Unresolved { ifindex, nexthop } => return hand_to_tc(ctx, ifindex, nexthop),
         Hop::FragNeeded { .. } => return Err(discard(Reason::DropTooBig)),
     };
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(discard(Reason::DropAdjust))?;
     unsafe {
         (*eth).dst = dmac;
         (*eth).src = smac;

@@ -16,8 +16,8 @@ use lb_common::{ConnKey, IPPROTO_TCP, IPPROTO_UDP, Reason};
 use lb_ebpf::{
     csum,
     hdr::{
-        EthHdr, ICMP_DEST_UNREACH, ICMP_HLEN, IPPROTO_ICMP, IPV4_HLEN, IcmpHdr, Ipv4Hdr, UdpHdr,
-        ptr_at, store_ipv4,
+        ICMP_DEST_UNREACH, ICMP_HLEN, IPPROTO_ICMP, IPV4_HLEN, IcmpHdr, Ipv4Hdr, UdpHdr, ptr_at,
+        store_ipv4,
     },
     l2,
 };
@@ -47,8 +47,8 @@ pub fn reply(
         return Err(discard(Reason::DropAdjust));
     }
     // The old L2 header now sits at `grow`: back to the front, MACs swapped.
-    l2::slide_to_front(ctx, grow as usize, pkt.vlan).ok_or(discard(Reason::DropAdjust))?;
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(discard(Reason::DropAdjust))?;
+    let eth =
+        l2::slide_to_front(ctx, grow as usize, pkt.vlan).ok_or(discard(Reason::DropAdjust))?;
     unsafe {
         let o = *eth;
         (*eth).dst = o.src;

@@ -21,9 +21,18 @@ pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
 pub const MAP_NEXTHOPS: &str = "LB_NEXTHOPS";
 pub const MAP_PERSIST: &str = "LB_PERSIST";
 pub const MAP_PROBES: &str = "LB_PROBES";
+pub const MAP_META: &str = "LB_META";
+pub const MAP_SYNC: &str = "LB_SYNC";
 pub const MAP_DECAP_DIRS: &str = "DECAP_DIRS";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
+
+/// The layout of the pinned state: which maps exist, their key and value types, their sizes and
+/// what their fields mean. An upgrade (`lbadm attach` on an attached data path) reuses the
+/// pinned maps only under a layout it knows; see `lb-userspace/src/director/layout.rs`.
+/// 1: the maps before this record existed (no `LB_META`). 2: `LB_META`, `LB_SYNC`, `Config::flags`,
+/// [`REASON_SLOTS`] counters.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Program names as they appear in the eBPF objects.
 pub const PROG_LB: &str = "lb_xdp";
@@ -242,8 +251,49 @@ pub struct Config {
     /// Value of `net.ipv4.conf.<iface>.forwarding` before attach, restored on detach
     /// (`bpf_fib_lookup` answers only for interfaces that forward).
     pub saved_forwarding: u32,
-    pub _pad: u32,
+    /// `CONFIG_F_*`, read by the data path.
+    pub flags: u32,
 }
+
+/// The data path reports new connections, state changes and persistence templates on
+/// [`MAP_SYNC`] (a daemon with `[sync]` sets it while it reads them).
+pub const CONFIG_F_SYNC: u32 = 1;
+
+/// Entry 0 of `LB_META`: how the pinned state was laid out and attached, for upgrades.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Meta {
+    /// [`LAYOUT_VERSION`] of the lbadm that last attached or upgraded.
+    pub layout: u32,
+    /// TC filters attached through netlink (kernels before 6.6), ingress then egress: their
+    /// priority and handle, so an upgrade replaces exactly these filters. 0 with TCX links.
+    pub tc_priority: [u16; 2],
+    pub tc_handle: [u32; 2],
+}
+
+/// One event on [`MAP_SYNC`]: a connection (or persistence template) the data path created or
+/// whose state changed. Slot numbers are this director's; the sync daemon translates them into
+/// addresses before they leave the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SyncEvent {
+    /// The connection's 5-tuple; for a template, `saddr` is the client and the rest is 0.
+    pub key: ConnKey,
+    pub real_id: u32,
+    pub real_gen: u32,
+    pub service_id: u32,
+    /// `CONN_*` (0 for a template).
+    pub state: u8,
+    /// `CONN_F_PERSIST`, `SYNC_F_TEMPLATE`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The event is a persistence template, not a connection.
+pub const SYNC_F_TEMPLATE: u8 = 2;
+/// Bytes of the sync ring: about 26,000 events (40 bytes each with the ring's header) queue up
+/// before the data path starts counting `sync_lost`.
+pub const SYNC_RING_BYTES: u32 = 1 << 20;
 
 /// XDP is attached in generic (skb) mode because the driver has no native XDP.
 pub const ATTACH_XDP_GENERIC: u32 = 1;
@@ -333,7 +383,14 @@ reasons! {
     ConnInsertFail = "conn_insert_fail",
     /// A new connection went to the real its client's persistence template names.
     Persisted = "persisted",
+    /// A connection event could not be queued for the sync daemon (its ring was full).
+    SyncLost = "sync_lost",
 }
+
+/// Size of the reasons counter array: room for reasons to come without changing the pinned
+/// map's layout.
+pub const REASON_SLOTS: u32 = 64;
+const _: () = assert!(REASON_COUNT <= REASON_SLOTS);
 
 /// Metadata the director's XDP program leaves in front of a packet it hands to the TC program
 /// because the next hop's neighbour entry is not resolved (XDP cannot queue for ARP; TC's
@@ -414,4 +471,6 @@ mod user {
     unsafe impl aya::Pod for Persist {}
     unsafe impl aya::Pod for ProbeKey {}
     unsafe impl aya::Pod for Probe {}
+    unsafe impl aya::Pod for Meta {}
+    unsafe impl aya::Pod for SyncEvent {}
 }

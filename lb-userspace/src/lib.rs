@@ -31,3 +31,20 @@ pub fn init_tracing(default: &str) {
         .with_ansi(false)
         .try_init();
 }
+
+/// An error and its causes on one line, each cause once: library errors quote their source in
+/// their own message, so `{:#}` would print it twice.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}

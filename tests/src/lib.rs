@@ -1,5 +1,6 @@
 pub mod assertions;
 pub mod fixture;
+pub mod held;
 pub mod lbbed;
 pub mod mysqlbed;
 pub mod netns;

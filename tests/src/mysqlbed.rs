@@ -63,7 +63,9 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Result<TempDir> {
-        let p = std::env::temp_dir().join(format!("lbadm-{tag}-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("lbadm-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         Ok(TempDir(p))
@@ -654,15 +656,7 @@ impl MysqlBed {
             );
         }
         std::fs::write(files.0.join("lbadm.toml"), cfg)?;
-        let log = std::fs::File::create(files.0.join("daemon.log"))?;
-        let daemon = ChildGuard::spawn(
-            bed.director()
-                .command(lbadm_bin())
-                .args(["daemon", "--config"])
-                .arg(files.0.join("lbadm.toml"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log)),
-        )?;
+        let daemon = spawn_daemon(&bed, &files, "daemon.log")?;
         let me = MysqlBed {
             opts,
             servers,
@@ -741,11 +735,44 @@ impl MysqlBed {
 
     /// Stops the daemon (SIGTERM: the maps stay, the data path keeps forwarding).
     pub fn stop_daemon(&mut self) {
+        self.signal_daemon(libc::SIGTERM);
+    }
+
+    /// Sends `sig` to the daemon and reaps it.
+    pub fn signal_daemon(&mut self, sig: libc::c_int) {
         if let Some(d) = self.daemon.take() {
-            unsafe { libc::kill(d.id() as libc::pid_t, libc::SIGTERM) };
+            unsafe { libc::kill(d.id() as libc::pid_t, sig) };
             let _ = d.wait();
         }
     }
+
+    /// Starts the daemon again (after [`MysqlBed::signal_daemon`]), logging to `log` in the
+    /// bed's files.
+    pub fn start_daemon(&mut self, log: &str) -> Result<()> {
+        ensure!(self.daemon.is_none(), "the daemon is running");
+        self.daemon = Some(spawn_daemon(&self.bed, &self.files, log)?);
+        Ok(())
+    }
+
+    pub fn file_text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.files.0.join(name)).unwrap_or_default()
+    }
+}
+
+fn spawn_daemon(
+    bed: &crate::testbed::TestBed,
+    files: &TempDir,
+    log: &str,
+) -> Result<ChildGuard> {
+    let log = std::fs::File::create(files.0.join(log))?;
+    ChildGuard::spawn(
+        bed.director()
+            .command(crate::lbadm_bin())
+            .args(["daemon", "--config"])
+            .arg(files.0.join("lbadm.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log)),
+    )
 }
 
 #[derive(Debug, Clone, Default)]

@@ -256,6 +256,20 @@ impl TestBed {
         self.owned.push(Box::new(guard));
     }
 
+    /// Starts a [`line_echo_server`] on `0.0.0.0:port` in every real, named `real1`, ...
+    pub fn start_line_echo_servers(&self, port: u16) -> Result<Vec<ServerGuard>> {
+        self.reals
+            .iter()
+            .map(|r| {
+                line_echo_server(
+                    &r.ns,
+                    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+                    &r.name,
+                )
+            })
+            .collect()
+    }
+
     /// Starts an echo server on `0.0.0.0:port` in every real (so it answers on
     /// both the real's own address and the VIP), named `real1`, `real2`, ...
     pub fn start_echo_servers(&self, port: u16) -> Result<Vec<ServerGuard>> {
@@ -399,6 +413,24 @@ impl Drop for ServerGuard {
 /// Bytes sent after the newline are not read, so closing may reset the
 /// connection: clients either send one line or upload and shut down writing.
 pub fn tcp_echo_server(ns: &Netns, addr: SocketAddrV4, server_name: &str) -> Result<ServerGuard> {
+    echo_server(ns, addr, server_name, serve)
+}
+
+/// An echo server for held connections: each line `L` a client sends is answered with
+/// `"<server_name> L"`, on the same connection, until the client closes. Reads do not time out
+/// (a pooled connection may be idle for long).
+pub fn line_echo_server(ns: &Netns, addr: SocketAddrV4, server_name: &str) -> Result<ServerGuard> {
+    echo_server(ns, addr, server_name, serve_lines)
+}
+
+type Serve = fn(TcpStream, &str) -> io::Result<()>;
+
+fn echo_server(
+    ns: &Netns,
+    addr: SocketAddrV4,
+    server_name: &str,
+    serve: Serve,
+) -> Result<ServerGuard> {
     let listener = ns
         .try_run(|| bind_listener(addr))
         .and_then(|r| r)
@@ -416,7 +448,7 @@ pub fn tcp_echo_server(ns: &Netns, addr: SocketAddrV4, server_name: &str) -> Res
     let stats = Arc::new(ServerStats::default());
     let thread = {
         let (stop, stats, name) = (stop.clone(), stats.clone(), server_name.to_owned());
-        ns.spawn(move || accept_loop(listener, &name, &stop, stats))
+        ns.spawn(move || accept_loop(listener, &name, &stop, stats, serve))
     };
     Ok(ServerGuard {
         name: server_name.to_owned(),
@@ -481,7 +513,13 @@ fn bind_listener(addr: SocketAddrV4) -> Result<TcpListener> {
     Ok(TcpListener::from(fd))
 }
 
-fn accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool, stats: Arc<ServerStats>) {
+fn accept_loop(
+    listener: TcpListener,
+    name: &str,
+    stop: &AtomicBool,
+    stats: Arc<ServerStats>,
+    serve: Serve,
+) {
     let mut conns: Vec<(JoinHandle<()>, TcpStream)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let mut pfd = libc::pollfd {
@@ -558,6 +596,16 @@ fn serve(mut s: TcpStream, name: &str) -> io::Result<()> {
     }
     s.write_all(format!("{name} {received}\n").as_bytes())?;
     let _ = s.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+fn serve_lines(s: TcpStream, name: &str) -> io::Result<()> {
+    s.set_nonblocking(false)?;
+    let mut out = s.try_clone()?;
+    out.set_write_timeout(Some(IO_TIMEOUT))?;
+    for line in io::BufRead::lines(io::BufReader::new(s)) {
+        out.write_all(format!("{name} {}\n", line?).as_bytes())?;
+    }
     Ok(())
 }
 

@@ -37,6 +37,11 @@ static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "BENCH_CTR")]
 static COUNTER: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// The reasons counter array as layout 1 had it (19 counters): the upgrade tests pin it in
+/// place of `LB_REASONS` to check that a grown array keeps its values.
+#[map(name = "BENCH_REASONS1")]
+static REASONS_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries(19, 0);
+
 /// A next hop as userspace would keep it per real (the alternative to `bpf_fib_lookup`).
 #[repr(C)]
 #[derive(Clone, Copy)]

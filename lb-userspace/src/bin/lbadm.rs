@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Attach the director's data path to the interface that receives client traffic.
+    /// Attach the director's data path to the interface that receives client traffic; on an
+    /// attached data path, upgrade it in place (new programs, every map and connection kept).
     Attach {
         #[arg(long)]
         iface: String,
@@ -143,7 +144,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("lbadm: {e:#}");
+            eprintln!("lbadm: {}", lb_userspace::one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -182,6 +183,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             for w in &r.warnings {
                 eprintln!("lbadm: warning: {w}");
+            }
+            if let Some(plan) = &r.upgrade {
+                println!(
+                    "{iface}: {}; every connection, template and counter kept",
+                    lb_userspace::director::upgrade::describe(plan)
+                );
+                return Ok(ExitCode::SUCCESS);
             }
             println!(
                 "attached to {iface} ({} XDP), tunnel source {}, state pinned under {}",

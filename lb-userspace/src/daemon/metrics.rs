@@ -48,7 +48,7 @@ pub async fn serve(listener: tokio::net::TcpListener, pin_dir: PathBuf, snapshot
                 if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
                     match tokio::task::spawn_blocking(move || text(&pin_dir, &snapshot)).await {
                         Ok(Ok(b)) => ("200 OK", b),
-                        Ok(Err(e)) => ("500 Internal Server Error", format!("{e:#}\n")),
+                        Ok(Err(e)) => ("500 Internal Server Error", format!("{}\n", crate::one_line(&e))),
                         Err(e) => ("500 Internal Server Error", format!("{e}\n")),
                     }
                 } else {

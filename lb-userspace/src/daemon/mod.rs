@@ -192,7 +192,7 @@ impl Daemon {
             warn!("iface, pin_dir and metrics changes take effect only on restart");
         }
         if let Err(e) = self.apply_config(cfg, false) {
-            error!("reload failed, the maps are unchanged: {e:#}");
+            error!("reload failed, the maps are unchanged: {}", crate::one_line(&e));
         }
     }
 
@@ -393,7 +393,7 @@ impl Daemon {
             self.notify(cmd, event, &scfg, None, &text);
         }
         if let Err(err) = self.sync_service(&scfg) {
-            error!(service = %svc, real = %addr, "changing the maps failed: {err:#}");
+            error!(service = %svc, real = %addr, "changing the maps failed: {}", crate::one_line(&err));
         }
         self.write_status();
     }

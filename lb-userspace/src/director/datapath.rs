@@ -21,9 +21,10 @@ use aya::{
         tc,
     },
 };
+use super::layout::UpgradePlan;
 use lb_common::{
-    ATTACH_SET_FORWARDING, ATTACH_TC_NETLINK, ATTACH_XDP_GENERIC, Config, MAP_CONFIG, PROG_LB,
-    PROG_TC_EGRESS, PROG_TC_INGRESS,
+    ATTACH_SET_FORWARDING, ATTACH_TC_NETLINK, ATTACH_XDP_GENERIC, Config, LAYOUT_VERSION,
+    MAP_CONFIG, MAP_META, Meta, PROG_LB, PROG_TC_EGRESS, PROG_TC_INGRESS,
 };
 use std::{
     net::Ipv4Addr,
@@ -34,7 +35,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lbadm";
 const TC_LINK_PIN: &str = "link_tc";
 const TC_EGRESS_LINK_PIN: &str = "link_tc_egress";
 /// The TC programs, where they attach and where their links are pinned (TCX).
-const TC_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
+pub(super) const TC_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
     (PROG_TC_INGRESS, TcAttachType::Ingress, TC_LINK_PIN),
     (PROG_TC_EGRESS, TcAttachType::Egress, TC_EGRESS_LINK_PIN),
 ];
@@ -45,8 +46,12 @@ pub enum DatapathError {
         "the data path is not attached (nothing pinned under {0}): run `lbadm attach --iface IF`"
     )]
     NotAttached(PathBuf),
-    #[error("the data path is already attached (pinned under {0}): run `lbadm detach` first")]
-    AlreadyAttached(PathBuf),
+    #[error(
+        "the data path pinned under {pin_dir} is attached to {iface}: detach it first, or use another --pin-dir"
+    )]
+    AttachedElsewhere { iface: String, pin_dir: PathBuf },
+    #[error("cannot upgrade the attached data path in place: {0}")]
+    CannotUpgrade(String),
     #[error(
         "interface `{0}` has no IPv4 address to use as the tunnel source: add one or pass --tunnel-source ADDR"
     )]
@@ -69,7 +74,7 @@ impl From<netlink::NetlinkError> for DatapathError {
 
 pub type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
-trait Ctx<T> {
+pub(super) trait Ctx<T> {
     fn ctx(self, what: &str) -> Result<T>;
 }
 
@@ -133,15 +138,19 @@ pub struct AttachReport {
     pub tunnel_source: Ipv4Addr,
     pub forwarding_enabled: bool,
     pub warnings: Vec<String>,
+    /// Set when the data path was attached already and this call upgraded it in place.
+    pub upgrade: Option<UpgradePlan>,
 }
 
-/// Attaches the data path to `opts.iface`. On failure nothing is left behind.
+/// Attaches the data path to `opts.iface`; on failure nothing is left behind. On a data path
+/// that is attached already (to the same interface) it upgrades in place instead: the
+/// programs are swapped atomically and every map is kept (see [`super::upgrade`]).
 pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
     host::ensure_root()?;
     let ifindex = host::ifindex(&opts.iface)?;
     bpffs::ensure_bpffs(&opts.pin_dir)?;
     if opts.pin_dir.join(LINK_XDP).exists() {
-        return Err(DatapathError::AlreadyAttached(opts.pin_dir.clone()));
+        return super::upgrade::upgrade(opts, ifindex);
     }
     let tunnel_source = match opts.tunnel_source {
         Some(a) => a,
@@ -164,6 +173,11 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
         tunnel_source,
         forwarding_enabled: false,
         warnings: Vec::new(),
+        upgrade: None,
+    };
+    let mut meta = Meta {
+        layout: LAYOUT_VERSION,
+        ..Meta::default()
     };
 
     let xdp: &mut Xdp = prog_mut(&mut bpf, PROG_LB)?;
@@ -212,7 +226,7 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
     }
     // Ingress finishes what XDP cannot (unresolved neighbours) and unwraps tunnel-probe replies;
     // egress encapsulates the daemon's tunnel probes.
-    for (name, at, pin) in TC_PROGRAMS {
+    for (i, (name, at, pin)) in TC_PROGRAMS.into_iter().enumerate() {
         let cls: &mut SchedClassifier = prog_mut(&mut bpf, name)?;
         cls.load()
             .ctx(&format!("loading the TC program {name} (verifier)"))?;
@@ -225,7 +239,10 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
             fd.pin(opts.pin_dir.join(pin)).ctx("pinning the TC link")?;
         } else {
             // Before Linux 6.6 the filter lives in the qdisc. Dropping the link object would
-            // remove it, so it is forgotten instead; detach removes the filter by program name.
+            // remove it, so it is forgotten instead; detach removes the filter by program name,
+            // an upgrade replaces it by the priority and handle recorded here.
+            meta.tc_priority[i] = tc_link.priority().ctx("the TC filter's priority")?;
+            meta.tc_handle[i] = tc_link.handle().ctx("the TC filter's handle")?.into();
             std::mem::forget(tc_link);
             report.tc_netlink = true;
         }
@@ -249,9 +266,10 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
         ifindex,
         attach,
         saved_forwarding: was,
-        _pad: 0,
+        flags: 0,
     };
     write_config(&mut bpf, &cfg)?;
+    write_meta(&mut bpf, &meta)?;
     if report.forwarding_enabled {
         sysctl::ipv4_conf_write(&opts.iface, "forwarding", 1)?;
     }
@@ -259,7 +277,7 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
     Ok(report)
 }
 
-fn prog_mut<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+pub(super) fn prog_mut<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -271,7 +289,16 @@ where
         .ctx(&format!("program {name} has an unexpected type"))
 }
 
-fn write_config(bpf: &mut Ebpf, cfg: &Config) -> Result<()> {
+pub(super) fn write_meta(bpf: &mut Ebpf, meta: &Meta) -> Result<()> {
+    let map = bpf.map_mut(MAP_META).ok_or_else(|| SysError::Bpf {
+        what: "map LB_META missing".into(),
+        source: "not found".into(),
+    })?;
+    let mut arr: Array<&mut MapData, Meta> = Array::try_from(map).ctx("opening LB_META")?;
+    arr.set(0, meta, 0).ctx("writing LB_META")
+}
+
+pub(super) fn write_config(bpf: &mut Ebpf, cfg: &Config) -> Result<()> {
     let map = bpf.map_mut(MAP_CONFIG).ok_or_else(|| SysError::Bpf {
         what: "map LB_CONFIG missing".into(),
         source: "not found".into(),

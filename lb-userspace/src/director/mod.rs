@@ -6,11 +6,13 @@
 
 pub mod conntrack;
 pub mod datapath;
+pub mod layout;
 pub mod maps;
 pub mod plan;
 pub mod scheduler;
 pub mod status;
 pub mod table;
+pub mod upgrade;
 
 pub use maps::{Maps, MapsError};
 pub use scheduler::Scheduler;

@@ -97,3 +97,174 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
         kernel_release()
     )
 }
+
+/// The `bpf(2)` calls an in-place upgrade needs that aya keeps to itself: opening a pinned
+/// link, asking which program it runs, pointing it at another one, and copying an array map
+/// whatever its value type.
+pub mod raw {
+    use std::{
+        ffi::CString,
+        io,
+        os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        path::Path,
+    };
+
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+
+    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr as *mut T,
+                std::mem::size_of::<T>() as u32,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    /// Opens a pinned object (here: a link).
+    pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+        #[repr(C)]
+        struct Attr {
+            pathname: u64,
+            bpf_fd: u32,
+            file_flags: u32,
+        }
+        let c = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut attr = Attr {
+            pathname: c.as_ptr() as u64,
+            bpf_fd: 0,
+            file_flags: 0,
+        };
+        let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Pins an object (a map kept by its fd) at `path`.
+    pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+        #[repr(C)]
+        struct Attr {
+            pathname: u64,
+            bpf_fd: u32,
+            file_flags: u32,
+        }
+        let c = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut attr = Attr {
+            pathname: c.as_ptr() as u64,
+            bpf_fd: fd.as_raw_fd() as u32,
+            file_flags: 0,
+        };
+        bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+    }
+
+    /// The id of the program a link runs.
+    pub fn program_id(link: BorrowedFd<'_>) -> io::Result<u32> {
+        // struct bpf_link_info: type, id, prog_id, then per-type data.
+        let mut info = [0u32; 16];
+        #[repr(C)]
+        struct Attr {
+            bpf_fd: u32,
+            info_len: u32,
+            info: u64,
+        }
+        let mut attr = Attr {
+            bpf_fd: link.as_raw_fd() as u32,
+            info_len: std::mem::size_of_val(&info) as u32,
+            info: info.as_mut_ptr() as u64,
+        };
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        Ok(info[2])
+    }
+
+    pub fn program_by_id(id: u32) -> io::Result<OwnedFd> {
+        #[repr(C)]
+        struct Attr {
+            prog_id: u32,
+            next_id: u32,
+            open_flags: u32,
+        }
+        let mut attr = Attr {
+            prog_id: id,
+            next_id: 0,
+            open_flags: 0,
+        };
+        let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Points `link` at `prog`, atomically: every packet runs either the old program or the
+    /// new one, never neither.
+    pub fn update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+        #[repr(C)]
+        struct Attr {
+            link_fd: u32,
+            new_prog_fd: u32,
+            flags: u32,
+            old_prog_fd: u32,
+        }
+        let mut attr = Attr {
+            link_fd: link.as_raw_fd() as u32,
+            new_prog_fd: prog.as_raw_fd() as u32,
+            flags: 0,
+            old_prog_fd: 0,
+        };
+        bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+    }
+
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+
+    /// Copies entries `0..entries` of one array map into another of the same value type.
+    /// Per-CPU values are `value_size` rounded up to 8 bytes per possible CPU.
+    pub fn copy_array(
+        from: BorrowedFd<'_>,
+        to: BorrowedFd<'_>,
+        entries: u32,
+        value_size: u32,
+        per_cpu: bool,
+    ) -> io::Result<()> {
+        let cpus = if per_cpu {
+            aya::util::nr_cpus().map_err(|(_, e)| e)?
+        } else {
+            1
+        };
+        let mut value = vec![0u8; (value_size as usize).next_multiple_of(8) * cpus];
+        for i in 0..entries {
+            let mut key = i;
+            let mut get = ElemAttr {
+                map_fd: from.as_raw_fd() as u32,
+                _pad: 0,
+                key: &mut key as *mut u32 as u64,
+                value: value.as_mut_ptr() as u64,
+                flags: 0,
+            };
+            bpf(BPF_MAP_LOOKUP_ELEM, &mut get)?;
+            let mut set = ElemAttr {
+                map_fd: to.as_raw_fd() as u32,
+                ..get
+            };
+            bpf(BPF_MAP_UPDATE_ELEM, &mut set)?;
+        }
+        Ok(())
+    }
+}

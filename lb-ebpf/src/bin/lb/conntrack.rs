@@ -1,11 +1,11 @@
 //! The connection table: a flow's real, looked up before anything else, and its TCP state as
 //! IPVS tracks it from the client side (tunnel mode sees only the inbound half).
-use crate::maps::{CONNS, PERSIST, REALS};
+use crate::maps::{CONNS, PERSIST, REALS, report};
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 use lb_common::{
     CONN_CLOSE, CONN_ESTABLISHED, CONN_F_PERSIST, CONN_FIN_WAIT, CONN_SYN_RECV, CONN_UDP, Conn,
-    ConnKey, IPPROTO_TCP, PersistKey, REAL_F_IN_USE, Real, Reason, conn_timeout_secs,
+    ConnKey, IPPROTO_TCP, PersistKey, REAL_F_IN_USE, Real, Reason, SyncEvent, conn_timeout_secs,
 };
 use lb_ebpf::hdr::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
@@ -74,8 +74,12 @@ pub fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Re
         real_valid(conn.real_id, conn.real_gen, conn.service_id).ok_or(Reason::Rescheduled)?;
     let state = next_state(key.proto, flags, conn.state);
     if state != conn.state || age > LAST_SEEN_SLACK_NS {
+        let changed = state != conn.state;
         conn.state = state;
         conn.last_seen_ns = now;
+        if changed {
+            report(event(key, conn));
+        }
         if conn.flags & CONN_F_PERSIST != 0 {
             let pk = PersistKey {
                 service_id: conn.service_id,
@@ -114,7 +118,9 @@ pub fn record(
         _pad: [0; 2],
         last_seen_ns: now,
     };
-    if CONNS.insert(key, &conn, 0).is_err() {
+    if CONNS.insert(key, &conn, 0).is_ok() {
+        report(event(key, &conn));
+    } else {
         crate::maps::bump(Reason::ConnInsertFail);
         warn!(
             ctx,
@@ -122,5 +128,19 @@ pub fn record(
             u32::from_be(key.saddr),
             u16::from_be(key.sport)
         );
+    }
+}
+
+/// The sync event of a connection entry (its state as it is now).
+#[inline(always)]
+fn event(key: &ConnKey, c: &Conn) -> SyncEvent {
+    SyncEvent {
+        key: *key,
+        real_id: c.real_id,
+        real_gen: c.real_gen,
+        service_id: c.service_id,
+        state: c.state,
+        flags: c.flags,
+        _pad: [0; 2],
     }
 }

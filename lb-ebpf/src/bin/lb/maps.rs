@@ -2,12 +2,12 @@
 //! every map is pinned, so the state outlives the program and the process that loaded it.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    Config, Conn, ConnKey, Counters, MAX_CONNS, MAX_PERSIST, MAX_PROBES, MAX_REALS, MAX_SERVICES,
-    NextHop, Persist, PersistKey, Probe, ProbeKey, REASON_COUNT, Real, Reason, SchedTable, Service,
-    ServiceKey, VIP_FILTER_WORDS, vip_filter_bit,
+    CONFIG_F_SYNC, Config, Conn, ConnKey, Counters, MAX_CONNS, MAX_PERSIST, MAX_PROBES, MAX_REALS,
+    MAX_SERVICES, Meta, NextHop, Persist, PersistKey, Probe, ProbeKey, REASON_SLOTS, Real, Reason,
+    SYNC_RING_BYTES, SchedTable, Service, ServiceKey, SyncEvent, VIP_FILTER_WORDS, vip_filter_bit,
 };
 
 #[map(name = "LB_SERVICES")]
@@ -32,7 +32,7 @@ pub static SVC_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_SERVICES, 
 pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_REALS, 0);
 
 #[map(name = "LB_REASONS")]
-pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(REASON_COUNT, 0);
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(REASON_SLOTS, 0);
 
 #[map(name = "LB_CONFIG")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
@@ -48,6 +48,26 @@ pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::pinned(MAX_REALS, 0);
 
 #[map(name = "LB_PROBES")]
 pub static PROBES: HashMap<ProbeKey, Probe> = HashMap::pinned(MAX_PROBES, 0);
+
+/// The layout record (userspace only: upgrades read it; the programs never do).
+#[map(name = "LB_META")]
+pub static META: Array<Meta> = Array::pinned(1, 0);
+
+/// Connection events for the sync daemon.
+#[map(name = "LB_SYNC")]
+pub static SYNC: RingBuf = RingBuf::pinned(SYNC_RING_BYTES, 0);
+
+/// Queues a sync event when a daemon reads them; counts the ones the ring had no room for.
+#[inline(always)]
+pub fn report(ev: SyncEvent) {
+    match CONFIG.get(0) {
+        Some(c) if c.flags & CONFIG_F_SYNC != 0 => {}
+        _ => return,
+    }
+    if SYNC.output::<SyncEvent>(&ev, 0).is_err() {
+        bump(Reason::SyncLost);
+    }
+}
 
 /// The VIP pre-filter: false means no service has this destination (a set bit may be a
 /// collision, so a hit still needs the service lookup).

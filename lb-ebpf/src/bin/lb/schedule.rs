@@ -2,12 +2,12 @@
 //! service has one, else one slot of the table userspace precomputed (rr, wrr, mh).
 use crate::{
     conntrack::{NS_PER_SEC, real_valid},
-    maps::{CONFIG, CURSORS, PERSIST, REALS, SERVICES, TABLES},
+    maps::{CONFIG, CURSORS, PERSIST, REALS, SERVICES, TABLES, report},
 };
 use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use lb_common::{
-    ConnKey, Persist, PersistKey, REAL_F_IN_USE, Real, Reason, SCHED_MH, SCHED_SLOTS, Service,
-    ServiceKey,
+    ConnKey, Persist, PersistKey, REAL_F_IN_USE, Real, Reason, SCHED_MH, SCHED_SLOTS,
+    SYNC_F_TEMPLATE, Service, ServiceKey, SyncEvent,
 };
 
 /// The service for a destination: the exact port, else a persistent port-0 service of the VIP.
@@ -53,7 +53,20 @@ pub fn pick(
         real_gen: real.generation,
         last_seen_ns: now,
     };
-    let _ = PERSIST.insert(&pk, &t, 0);
+    if PERSIST.insert(&pk, &t, 0).is_ok() {
+        report(SyncEvent {
+            key: ConnKey {
+                saddr: key.saddr,
+                ..ConnKey::default()
+            },
+            real_id: id,
+            real_gen: real.generation,
+            service_id: svc.id,
+            state: 0,
+            flags: SYNC_F_TEMPLATE,
+            _pad: [0; 2],
+        });
+    }
     Ok((id, real, event))
 }
 

@@ -287,11 +287,13 @@ pub struct SyncEvent {
     /// `CONN_F_PERSIST`, `SYNC_F_TEMPLATE`.
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// When it happened (`bpf_ktime_get_coarse_ns`), to measure how late peers learn of it.
+    pub stamp_ns: u64,
 }
 
 /// The event is a persistence template, not a connection.
 pub const SYNC_F_TEMPLATE: u8 = 2;
-/// Bytes of the sync ring: about 26,000 events (40 bytes each with the ring's header) queue up
+/// Bytes of the sync ring: about 21,000 events (48 bytes each with the ring's header) queue up
 /// before the data path starts counting `sync_lost`.
 pub const SYNC_RING_BYTES: u32 = 1 << 20;
 

@@ -21,20 +21,26 @@ pub struct Director {
 
 impl Director {
     pub fn attach(bed: &TestBed) -> Result<Director> {
-        let pins = PinDir::new("dir");
+        Director::attach_n(bed, 1)
+    }
+
+    /// Director `i` (1-based) of a bed with several.
+    pub fn attach_n(bed: &TestBed, i: usize) -> Result<Director> {
+        let host = bed.director_n(i);
+        let pins = PinDir::new(&format!("dir{i}"));
         let opts = datapath::AttachOptions {
-            iface: bed.director_eth0().name.clone(),
+            iface: host.eth0().name.clone(),
             pin_dir: pins.0.clone(),
             tunnel_source: None,
             generic: false,
             log: datapath::LogLevel::Off,
         };
-        let report = bed
-            .director()
+        let report = host
+            .ns()
             .run(|| datapath::attach(&opts))
-            .context("attaching the director")?;
+            .with_context(|| format!("attaching director {i}"))?;
         let maps = Maps::open(&pins.0)?;
-        let peer = bed.director_host().bridge_port().index;
+        let peer = host.bridge_port().index;
         let _peer_xdp = bed
             .bridge()
             .run(|| attach_pass(peer))
@@ -56,7 +62,7 @@ impl Drop for Director {
     }
 }
 
-/// XDP decapsulation on every real of the bed, accepting the director and the VIP.
+/// XDP decapsulation on every real of the bed, accepting every director and the VIP.
 pub struct Decap {
     pins: Vec<PinDir>,
 }
@@ -67,10 +73,10 @@ impl Decap {
         for i in 1..=bed.real_count() {
             let p = PinDir::new(&format!("decap{i}"));
             let iface = bed.real_eth0(i).name.clone();
-            let (dir, vip) = (bed.director_addr(), bed.vip());
+            let (dirs, vip) = (bed.director_addrs(), bed.vip());
             let path = p.0.clone();
             bed.real(i)
-                .run(move || decap::attach(&iface, &path, &[dir], &[vip]))
+                .run(move || decap::attach(&iface, &path, &dirs, &[vip]))
                 .with_context(|| format!("attaching decapsulation on real{i}"))?;
             pins.push(p);
         }

@@ -1,4 +1,5 @@
 pub mod assertions;
+pub mod directors;
 pub mod fixture;
 pub mod held;
 pub mod lbbed;

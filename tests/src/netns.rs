@@ -363,6 +363,28 @@ impl Netns {
         gw: Option<Ipv4Addr>,
         dev: Option<&str>,
     ) -> Result<()> {
+        self.route(dst, prefix, gw, dev, false)
+    }
+
+    /// [`Netns::add_route`], replacing a route to the same destination if there is one.
+    pub fn replace_route(
+        &self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        gw: Option<Ipv4Addr>,
+        dev: Option<&str>,
+    ) -> Result<()> {
+        self.route(dst, prefix, gw, dev, true)
+    }
+
+    fn route(
+        &self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        gw: Option<Ipv4Addr>,
+        dev: Option<&str>,
+        replace: bool,
+    ) -> Result<()> {
         let via = match (gw, dev) {
             (Some(gw), Some(dev)) => format!(" via {gw} dev {dev}"),
             (Some(gw), None) => format!(" via {gw}"),
@@ -387,7 +409,12 @@ impl Netns {
                 if let Some(dev) = dev {
                     route = route.output_interface(index_of(&h, dev).await?);
                 }
-                h.route().add(route.build()).execute().await?;
+                let req = h.route().add(route.build());
+                if replace {
+                    req.replace().execute().await?;
+                } else {
+                    req.execute().await?;
+                }
                 Ok(())
             },
         )

@@ -5,9 +5,13 @@
 //!   client (eth0 198.18.0.10)  ──c0─┐
 //!   director (eth0 198.18.0.2, ──d0─┤ br0   (in namespace "bridge")
 //!             VIP 198.18.0.100/32)  │
+//!   [director2 (198.18.0.3), …] ─d2─┤
 //!   realN (eth0 198.18.0.(10+N), ─rN┘
 //!          VIP on lo, arp_ignore=1, arp_announce=2)
 //! ```
+//!
+//! With more than one director none of them owns the VIP: the client routes it via one of
+//! them ([`TestBed::route_vip_via`]), as a router in front of a director tier would.
 //!
 //! 198.18.0.0/15 is the RFC 2544 benchmarking range; nothing here is routed
 //! anywhere, and all traffic stays inside the namespaces the bed creates.
@@ -30,6 +34,8 @@ pub const SUBNET_PREFIX: u8 = 24;
 pub const DIRECTOR_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+/// Directors are 198.18.0.(1+i), below the client.
+pub const MAX_DIRECTORS: usize = 7;
 /// Real addresses are 198.18.0.(10+i); they must stay below the VIP.
 pub const MAX_REALS: usize = 89;
 /// The port the tests' echo servers conventionally listen on.
@@ -48,9 +54,20 @@ pub fn real_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 10 + i as u8)
 }
 
+/// Address of director `i` (1-based).
+pub fn director_addr(i: usize) -> Ipv4Addr {
+    assert!(
+        (1..=MAX_DIRECTORS).contains(&i),
+        "director index {i} out of 1..={MAX_DIRECTORS}"
+    );
+    Ipv4Addr::new(198, 18, 0, 1 + i as u8)
+}
+
 #[derive(Debug, Clone)]
 pub struct TestBedOpts {
     pub reals: usize,
+    /// Directors (1: the VIP is on its eth0; more: the client routes the VIP via the first).
+    pub directors: usize,
     pub mtu: u32,
     /// Prefixes the namespace names used in messages, e.g. `lb-client`.
     pub prefix: String,
@@ -66,6 +83,7 @@ impl Default for TestBedOpts {
     fn default() -> Self {
         TestBedOpts {
             reals: 2,
+            directors: 1,
             mtu: 1500,
             prefix: "lb".to_owned(),
             disable_ipv6: true,
@@ -123,7 +141,7 @@ pub struct TestBed {
     bridge: Netns,
     br0: Iface,
     client: Host,
-    director: Host,
+    directors: Vec<Host>,
     reals: Vec<Host>,
 }
 
@@ -150,8 +168,24 @@ impl TestBed {
         // director's XDP program would see super-frames it cannot forward.
         client.ns.set_offloads(HOST_IF, None, None, Some(false))?;
 
-        let director = attach_host(&bridge, &opts, "director", "d0", DIRECTOR_ADDR)?;
-        director.ns.add_addr(HOST_IF, VIP, 32)?;
+        if !(1..=MAX_DIRECTORS).contains(&opts.directors) {
+            bail!("test bed: 1..={MAX_DIRECTORS} directors, not {}", opts.directors);
+        }
+        let mut directors = Vec::new();
+        for i in 1..=opts.directors {
+            let (name, port) = match i {
+                1 => ("director".to_string(), "d0".to_string()),
+                _ => (format!("director{i}"), format!("d{i}")),
+            };
+            directors.push(attach_host(&bridge, &opts, &name, &port, director_addr(i))?);
+        }
+        if opts.directors == 1 {
+            directors[0].ns.add_addr(HOST_IF, VIP, 32)?;
+        } else {
+            client
+                .ns
+                .add_route(VIP, 32, Some(director_addr(1)), Some(HOST_IF))?;
+        }
 
         let mut reals = Vec::with_capacity(opts.reals);
         for i in 1..=opts.reals {
@@ -180,7 +214,7 @@ impl TestBed {
             bridge,
             br0,
             client,
-            director,
+            directors,
             reals,
         })
     }
@@ -198,7 +232,23 @@ impl TestBed {
         &self.client.ns
     }
     pub fn director(&self) -> &Netns {
-        &self.director.ns
+        &self.directors[0].ns
+    }
+    /// Director `i` (1-based).
+    pub fn director_n(&self, i: usize) -> &Host {
+        &self.directors[i - 1]
+    }
+    pub fn director_count(&self) -> usize {
+        self.directors.len()
+    }
+    pub fn director_addrs(&self) -> Vec<Ipv4Addr> {
+        self.directors.iter().map(|d| d.addr).collect()
+    }
+    /// Sends the client's traffic for the VIP through director `i` (a bed with several).
+    pub fn route_vip_via(&self, i: usize) -> Result<()> {
+        self.client
+            .ns
+            .replace_route(VIP, 32, Some(director_addr(i)), Some(HOST_IF))
     }
     /// Namespace of real server `i` (1-based). Panics if out of range.
     pub fn real(&self, i: usize) -> &Netns {
@@ -208,7 +258,7 @@ impl TestBed {
         &self.client
     }
     pub fn director_host(&self) -> &Host {
-        &self.director
+        &self.directors[0]
     }
     /// Real server `i` (1-based). Panics if out of range.
     pub fn real_host(&self, i: usize) -> &Host {
@@ -242,7 +292,7 @@ impl TestBed {
         &self.client.eth0
     }
     pub fn director_eth0(&self) -> &Iface {
-        &self.director.eth0
+        &self.directors[0].eth0
     }
     /// `eth0` of real server `i` (1-based). Panics if out of range.
     pub fn real_eth0(&self, i: usize) -> &Iface {

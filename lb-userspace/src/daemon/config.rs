@@ -100,6 +100,10 @@ pub enum CheckVia {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -164,6 +168,8 @@ pub struct DaemonConfig {
     /// Notify commands are killed after this long.
     pub notify_timeout: Duration,
     pub services: Vec<ServiceConfig>,
+    /// Connection sync with other directors (`[sync]`).
+    pub sync: Option<super::sync::config::SyncConfig>,
 }
 
 /// A rejected file: where, which field, why.
@@ -237,6 +243,7 @@ struct RawFile {
     notify_timeout: Option<Dur>,
     #[serde(default)]
     service: Vec<RawService>,
+    sync: Option<super::sync::config::RawSync>,
 }
 
 #[derive(Deserialize)]
@@ -453,6 +460,11 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(10)),
         services,
+        sync: raw
+            .sync
+            .as_ref()
+            .map(|s| super::sync::config::validate(s, path, &err))
+            .transpose()?,
     })
 }
 
@@ -475,7 +487,7 @@ fn argv(
 }
 
 /// Builds an error at a span, for a field.
-type ErrAt<'a> = dyn Fn(Option<Range<usize>>, &str, String) -> ConfigError + 'a;
+pub(crate) type ErrAt<'a> = dyn Fn(Option<Range<usize>>, &str, String) -> ConfigError + 'a;
 
 /// The real's check: its own keys over the service's, over the defaults.
 fn merge_check(

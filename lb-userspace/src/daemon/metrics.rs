@@ -1,7 +1,10 @@
 //! The Prometheus endpoint (`metrics = "ADDR:PORT"`): counters from the maps, health from the
 //! daemon, on `GET /metrics`.
 
-use super::healthcheck::Health;
+use super::{
+    healthcheck::Health,
+    sync::{ConnSync, SyncStatus},
+};
 use crate::director::{Maps, ServiceId};
 use std::{
     fmt::Write as _,
@@ -15,13 +18,19 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 /// What the metrics endpoint knows about health, kept current by the daemon.
 pub type HealthSnapshot = Arc<Mutex<Vec<(ServiceId, Ipv4Addr, Health)>>>;
 
-pub async fn serve(listener: tokio::net::TcpListener, pin_dir: PathBuf, snapshot: HealthSnapshot) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    pin_dir: PathBuf,
+    snapshot: HealthSnapshot,
+    sync: Option<Arc<ConnSync>>,
+) {
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let (pin_dir, snapshot) = (pin_dir.clone(), snapshot.clone());
+        let sync = sync.as_ref().map(|s| s.status());
         tokio::spawn(async move {
             let mut req = Vec::new();
             let mut buf = [0u8; 1024];
@@ -46,7 +55,7 @@ pub async fn serve(listener: tokio::net::TcpListener, pin_dir: PathBuf, snapshot
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let (status, body) =
                 if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
-                    match tokio::task::spawn_blocking(move || text(&pin_dir, &snapshot)).await {
+                    match tokio::task::spawn_blocking(move || text(&pin_dir, &snapshot, sync.as_ref())).await {
                         Ok(Ok(b)) => ("200 OK", b),
                         Ok(Err(e)) => ("500 Internal Server Error", format!("{}\n", crate::one_line(&e))),
                         Err(e) => ("500 Internal Server Error", format!("{e}\n")),
@@ -66,7 +75,11 @@ pub async fn serve(listener: tokio::net::TcpListener, pin_dir: PathBuf, snapshot
 }
 
 /// Prometheus text format: counters from the maps, health gauges from the daemon.
-pub fn text(pin_dir: &Path, snapshot: &HealthSnapshot) -> anyhow::Result<String> {
+pub fn text(
+    pin_dir: &Path,
+    snapshot: &HealthSnapshot,
+    sync: Option<&SyncStatus>,
+) -> anyhow::Result<String> {
     let maps = Maps::open(pin_dir)?;
     let services = maps.read()?;
     let mut out = String::new();
@@ -132,5 +145,41 @@ pub fn text(pin_dir: &Path, snapshot: &HealthSnapshot) -> anyhow::Result<String>
             u8::from(h == Health::Up)
         );
     }
+    if let Some(s) = sync {
+        sync_text(&mut out, s);
+    }
     Ok(out)
+}
+
+fn sync_text(out: &mut String, s: &SyncStatus) {
+    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP lbadm_sync_{name} {help}");
+        let _ = writeln!(out, "# TYPE lbadm_sync_{name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "lbadm_sync_{name}{labels} {v}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v as f64)];
+    metric("ready", "gauge", "1 once this director learned the connections of a peer (or had none to learn from).", &one(u64::from(s.ready)));
+    metric("sent_entries_total", "counter", "Connection entries sent to peers.", &one(s.sent_entries));
+    metric("sent_bytes_total", "counter", "Bytes of sync datagrams sent.", &one(s.sent_bytes));
+    metric("received_entries_total", "counter", "Connection entries received from peers.", &one(s.received_entries));
+    metric("installed_total", "counter", "Peer entries installed in the connection table.", &one(s.installed));
+    let rejected: Vec<(String, f64)> = s
+        .rejected
+        .iter()
+        .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), *v as f64))
+        .collect();
+    metric("rejected_total", "counter", "Dropped datagrams and refused entries, by reason.", &rejected);
+    let seen: Vec<(String, f64)> = s
+        .peers
+        .iter()
+        .filter_map(|p| Some((format!("{{peer=\"{}\"}}", p.address), p.last_contact?)))
+        .collect();
+    metric("peer_last_contact_seconds", "gauge", "Unix time of a peer's last authenticated message.", &seen);
+    let lags: Vec<(String, f64)> = [("0.5", s.lag_p50_ms), ("0.99", s.lag_p99_ms)]
+        .into_iter()
+        .filter_map(|(q, v)| Some((format!("{{quantile=\"{q}\"}}"), v? / 1000.0)))
+        .collect();
+    metric("lag_seconds", "gauge", "Time from an event at a peer to its entry here, over recent entries.", &lags);
 }

@@ -27,6 +27,7 @@ pub mod mysql;
 pub mod probe;
 pub mod reconcile;
 pub mod status;
+pub mod sync;
 
 use crate::director::{Maps, ServiceId, VirtualService, datapath};
 use anyhow::Context as _;
@@ -86,6 +87,8 @@ struct Daemon {
     probes: Result<Arc<Probes>, String>,
     /// Per service: is the quorum held (sum of UP weights)?
     quorum: HashMap<ServiceId, bool>,
+    /// Connection sync with the other directors, when configured.
+    sync: Option<Arc<sync::ConnSync>>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -135,13 +138,7 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    if let Some(addr) = cfg.metrics {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("metrics: listening on {addr}"))?;
-        info!(%addr, "metrics on http://{addr}/metrics");
-        tokio::spawn(metrics::serve(listener, pin_dir.clone(), snapshot.clone()));
-    }
+
     let mut d = Daemon {
         path: opts.config,
         pin_dir,
@@ -156,9 +153,26 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
         snapshot,
         probes,
         quorum: HashMap::new(),
+        sync: None,
     };
-    d.apply_config(cfg, true)
+    d.apply_config(cfg.clone(), true)
         .context("applying the configuration")?;
+    // After the maps hold this file's services: peers' entries are installed by service.
+    if let Some(s) = &cfg.sync {
+        d.sync = Some(Arc::new(sync::ConnSync::start(s.clone(), &d.pin_dir).await?));
+    }
+    if let Some(addr) = cfg.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics: listening on {addr}"))?;
+        info!(%addr, "metrics on http://{addr}/metrics");
+        tokio::spawn(metrics::serve(
+            listener,
+            d.pin_dir.clone(),
+            d.snapshot.clone(),
+            d.sync.clone(),
+        ));
+    }
     info!(config = %d.path.display(), services = d.cfg.services.len(), reals = d.reals.len(), "running");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -188,8 +202,9 @@ impl Daemon {
         if cfg.iface != self.cfg.iface
             || cfg.pin_dir != self.cfg.pin_dir
             || cfg.metrics != self.cfg.metrics
+            || cfg.sync != self.cfg.sync
         {
-            warn!("iface, pin_dir and metrics changes take effect only on restart");
+            warn!("iface, pin_dir, metrics and sync changes take effect only on restart");
         }
         if let Err(e) = self.apply_config(cfg, false) {
             error!("reload failed, the maps are unchanged: {}", crate::one_line(&e));
@@ -526,6 +541,7 @@ impl Daemon {
             pin_dir: self.pin_dir.clone(),
             updated: unix(SystemTime::now()),
             services,
+            sync: self.sync.as_ref().map(|s| s.status()),
         }
     }
 

@@ -21,6 +21,9 @@ pub struct Status {
     /// Unix time of the last write.
     pub updated: f64,
     pub services: Vec<ServiceStatus>,
+    /// Connection sync, when configured.
+    #[serde(default)]
+    pub sync: Option<super::sync::SyncStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,6 +125,41 @@ impl Status {
                 );
             }
         }
+        if let Some(s) = &self.sync {
+            let peers: Vec<String> = s
+                .peers
+                .iter()
+                .map(|p| {
+                    let seen = p
+                        .last_contact
+                        .map(|t| format!("{:.0}s ago", now - t))
+                        .unwrap_or_else(|| "never".into());
+                    format!("{} (last heard {seen}, {} received, {} rejected)", p.address, p.received, p.rejected)
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "sync:      {} on {}; {}",
+                if s.ready { "READY" } else { "LEARNING" },
+                s.listen,
+                s.ready_reason.as_deref().unwrap_or("waiting for a full sync from a peer")
+            );
+            let _ = writeln!(out, "  peers: {}", peers.join("; "));
+            let lag = match (s.lag_p50_ms, s.lag_p99_ms) {
+                (Some(a), Some(b)) => format!(", lag p50 {a:.0} ms p99 {b:.0} ms"),
+                _ => String::new(),
+            };
+            let rejected: Vec<String> = s.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(
+                out,
+                "  sent {} entries in {} datagrams, received {}, installed {}{lag}; rejected: {}",
+                s.sent_entries,
+                s.sent_messages,
+                s.received_entries,
+                s.installed,
+                if rejected.is_empty() { "none".to_string() } else { rejected.join(", ") }
+            );
+        }
         out
     }
 }
@@ -150,6 +188,7 @@ mod tests {
             config: "/etc/lbadm/lbadm.toml".into(),
             pin_dir: "/sys/fs/bpf/lbadm".into(),
             updated: 100.0,
+            sync: None,
             services: vec![ServiceStatus {
                 service: "TCP 198.18.0.100:6033".into(),
                 protocol: "tcp".into(),

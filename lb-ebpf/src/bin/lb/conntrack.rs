@@ -78,7 +78,7 @@ pub fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Re
         conn.state = state;
         conn.last_seen_ns = now;
         if changed {
-            report(event(key, conn));
+            report(event(key, conn, now));
         }
         if conn.flags & CONN_F_PERSIST != 0 {
             let pk = PersistKey {
@@ -119,7 +119,7 @@ pub fn record(
         last_seen_ns: now,
     };
     if CONNS.insert(key, &conn, 0).is_ok() {
-        report(event(key, &conn));
+        report(event(key, &conn, now));
     } else {
         crate::maps::bump(Reason::ConnInsertFail);
         warn!(
@@ -133,7 +133,7 @@ pub fn record(
 
 /// The sync event of a connection entry (its state as it is now).
 #[inline(always)]
-fn event(key: &ConnKey, c: &Conn) -> SyncEvent {
+fn event(key: &ConnKey, c: &Conn, now: u64) -> SyncEvent {
     SyncEvent {
         key: *key,
         real_id: c.real_id,
@@ -142,5 +142,6 @@ fn event(key: &ConnKey, c: &Conn) -> SyncEvent {
         state: c.state,
         flags: c.flags,
         _pad: [0; 2],
+        stamp_ns: now,
     }
 }

@@ -65,6 +65,7 @@ pub fn pick(
             state: 0,
             flags: SYNC_F_TEMPLATE,
             _pad: [0; 2],
+            stamp_ns: now,
         });
     }
     Ok((id, real, event))

@@ -3,11 +3,7 @@
 //! path itself. Stopped, detached and removed on drop.
 
 use crate::{
-    fixture::PinDir,
-    lbadm_bin,
-    lbbed::attach_pass,
-    mysqlbed::TempDir,
-    netns::ChildGuard,
+    fixture::PinDir, lbadm_bin, lbbed::attach_pass, mysqlbed::TempDir, netns::ChildGuard,
     testbed::TestBed,
 };
 use anyhow::{Context as _, Result, ensure};
@@ -45,7 +41,14 @@ pub struct DirectorDaemon {
 impl DirectorDaemon {
     /// The configuration of director `i`: `services` over the bed's reals (tcp checks through
     /// the tunnel), and `[sync]` with every other director when `sync` is set.
-    pub fn config(bed: &TestBed, i: usize, pins: &PinDir, files: &TempDir, services: &[ServiceSpec], sync: bool) -> String {
+    pub fn config(
+        bed: &TestBed,
+        i: usize,
+        pins: &PinDir,
+        files: &TempDir,
+        services: &[ServiceSpec],
+        sync: bool,
+    ) -> String {
         let mut c = format!(
             "iface = \"eth0\"\npin_dir = \"{}\"\nstatus_file = \"{}\"\n",
             pins.0.display(),
@@ -86,7 +89,12 @@ impl DirectorDaemon {
     }
 
     /// Starts the daemon of director `i` and waits until every check has passed once.
-    pub fn start(bed: &TestBed, i: usize, services: &[ServiceSpec], sync: bool) -> Result<DirectorDaemon> {
+    pub fn start(
+        bed: &TestBed,
+        i: usize,
+        services: &[ServiceSpec],
+        sync: bool,
+    ) -> Result<DirectorDaemon> {
         let pins = PinDir::new(&format!("daemon{i}"));
         let files = TempDir::new(&format!("director{i}"))?;
         let key = files.0.join("sync.key");
@@ -126,7 +134,10 @@ impl DirectorDaemon {
                 .command(lbadm_bin())
                 .args(["daemon", "--config"])
                 .arg(self.files.0.join("lbadm.toml"))
-                .env("LBADM_LOG", std::env::var("LBADM_TEST_DAEMON_LOG").unwrap_or("info".into()))
+                .env(
+                    "LBADM_LOG",
+                    std::env::var("LBADM_TEST_DAEMON_LOG").unwrap_or("info".into()),
+                )
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(out)),
         )?);
@@ -158,9 +169,9 @@ impl DirectorDaemon {
         st["services"].as_array().is_some_and(|svcs| {
             !svcs.is_empty()
                 && svcs.iter().all(|s| {
-                    s["reals"].as_array().is_some_and(|r| {
-                        r.iter().all(|r| r["last_result"] == "ok")
-                    })
+                    s["reals"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().all(|r| r["last_result"] == "ok"))
                 })
         })
     }

@@ -63,7 +63,9 @@ impl Held {
         self.sent += 1;
         let msg = format!("held {i} {}", self.sent);
         let c = &mut self.conns[i];
-        c.stream.get_mut().write_all(format!("{msg}\n").as_bytes())?;
+        c.stream
+            .get_mut()
+            .write_all(format!("{msg}\n").as_bytes())?;
         let mut line = String::new();
         if c.stream.read_line(&mut line)? == 0 {
             bail!("closed");

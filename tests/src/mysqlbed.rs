@@ -759,11 +759,7 @@ impl MysqlBed {
     }
 }
 
-fn spawn_daemon(
-    bed: &crate::testbed::TestBed,
-    files: &TempDir,
-    log: &str,
-) -> Result<ChildGuard> {
+fn spawn_daemon(bed: &crate::testbed::TestBed, files: &TempDir, log: &str) -> Result<ChildGuard> {
     let log = std::fs::File::create(files.0.join(log))?;
     ChildGuard::spawn(
         bed.director()

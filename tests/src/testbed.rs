@@ -169,7 +169,10 @@ impl TestBed {
         client.ns.set_offloads(HOST_IF, None, None, Some(false))?;
 
         if !(1..=MAX_DIRECTORS).contains(&opts.directors) {
-            bail!("test bed: 1..={MAX_DIRECTORS} directors, not {}", opts.directors);
+            bail!(
+                "test bed: 1..={MAX_DIRECTORS} directors, not {}",
+                opts.directors
+            );
         }
         let mut directors = Vec::new();
         for i in 1..=opts.directors {

@@ -57,7 +57,11 @@ fn attach_status_detach_round_trip() {
     // Attaching again upgrades in place; attaching elsewhere is refused.
     let o = lbadm(d, &pins.0, &["attach", "--iface", "eth0"]);
     assert!(o.status.success(), "{:?}", text(&o));
-    assert!(text(&o).0.contains("eth0: upgraded in place"), "{:?}", text(&o));
+    assert!(
+        text(&o).0.contains("eth0: upgraded in place"),
+        "{:?}",
+        text(&o)
+    );
     assert_one_line_error(
         &lbadm(d, &pins.0, &["attach", "--iface", "lo"]),
         &["is attached to eth0", "detach it first"],

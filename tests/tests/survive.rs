@@ -3,8 +3,8 @@
 //! that does not fit), and `lbadm daemon` can be SIGKILLed and restarted under load.
 
 use lb_tests::{
-    held::Held,
     assertions::{assert_one_line_error, lbadm_in, text, wait_until},
+    held::Held,
     lbbed::{Decap, Director},
     mysqlbed::{MysqlBed, MysqlBedOpts, Sysbench, SysbenchOpts, parse_interval},
     testbed::{TestBed, TestBedOpts},
@@ -51,7 +51,11 @@ fn upgrades_under_sysbench_lose_no_connection() {
     let sb = sysbench(&my, 12);
     let before = my.per_real(&maps).unwrap();
     for _ in 0..5 {
-        let o = lbadm_in(my.bed.director(), &my.pins.0, &["attach", "--iface", "eth0"]);
+        let o = lbadm_in(
+            my.bed.director(),
+            &my.pins.0,
+            &["attach", "--iface", "eth0"],
+        );
         let (out, err) = text(&o);
         assert!(o.status.success(), "{err}");
         assert!(
@@ -64,10 +68,15 @@ fn upgrades_under_sysbench_lose_no_connection() {
     let after = my.per_real(&maps).unwrap();
     eprintln!("5 upgrades under sysbench: {s:?}; per real before {before:?}, after {after:?}");
     assert!(s.transactions > 100, "{s:?}");
-    assert_eq!((s.lost, s.reconnected, s.ignored_errors), (0, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.lost, s.reconnected, s.ignored_errors),
+        (0, 0, 0),
+        "{s:?}"
+    );
     // The 8 connections were scheduled once, before the upgrades, and never again; the
     // counters went on from where they were.
-    let conns = |v: &[lb_tests::mysqlbed::RealView]| v.iter().map(|r| r.counters.conns).sum::<u64>();
+    let conns =
+        |v: &[lb_tests::mysqlbed::RealView]| v.iter().map(|r| r.counters.conns).sum::<u64>();
     assert_eq!(conns(&before), 8);
     assert_eq!(conns(&after), 8);
     for (b, a) in before.iter().zip(&after) {
@@ -86,18 +95,28 @@ fn the_daemon_can_be_killed_and_restarted_under_sysbench() {
     my.signal_daemon(libc::SIGKILL);
     thread::sleep(Duration::from_secs(2));
     my.start_daemon("daemon2.log").unwrap();
-    let took = wait_until("the restarted daemon's checks pass", Duration::from_secs(10), || {
-        let st = my.status();
-        st["pid"] != pid_before
-            && st["services"][0]["reals"]
-                .as_array()
-                .is_some_and(|r| r.iter().all(|r| r["last_result"] == "ok"))
-    });
+    let took = wait_until(
+        "the restarted daemon's checks pass",
+        Duration::from_secs(10),
+        || {
+            let st = my.status();
+            st["pid"] != pid_before
+                && st["services"][0]["reals"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().all(|r| r["last_result"] == "ok"))
+        },
+    );
     let s = sb.finish().unwrap();
     let log = my.file_text("daemon2.log");
-    eprintln!("daemon SIGKILLed, restarted 2 s later, checks passing {took:?} after; sysbench: {s:?}");
+    eprintln!(
+        "daemon SIGKILLed, restarted 2 s later, checks passing {took:?} after; sysbench: {s:?}"
+    );
     assert!(s.transactions > 100, "{s:?}");
-    assert_eq!((s.lost, s.reconnected, s.ignored_errors), (0, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.lost, s.reconnected, s.ignored_errors),
+        (0, 0, 0),
+        "{s:?}"
+    );
     // The restarted daemon inherited everything and wrote nothing: the same reals in the same
     // slots with the same generations and weights.
     assert!(log.contains("running"), "{log}");
@@ -171,8 +190,12 @@ fn upgrade_from_layout_1_adds_maps_and_keeps_counters() {
     for (i, (_, n)) in reasons_before.iter().enumerate().take(19) {
         let mut per_cpu = vec![0u64; cpus];
         per_cpu[0] = *n;
-        v1.set(i as u32, aya::maps::PerCpuValues::try_from(per_cpu).unwrap(), 0)
-            .unwrap();
+        v1.set(
+            i as u32,
+            aya::maps::PerCpuValues::try_from(per_cpu).unwrap(),
+            0,
+        )
+        .unwrap();
     }
     std::fs::remove_file(pins.join(lb_common::MAP_REASONS)).unwrap();
     old.map_mut("BENCH_REASONS1")
@@ -222,7 +245,11 @@ fn an_incompatible_layout_is_refused_and_nothing_changes() {
     let o = attach(&bed, &pins);
     assert_one_line_error(
         &o,
-        &["cannot upgrade", "LB_CONNS does not fit", "nothing was changed"],
+        &[
+            "cannot upgrade",
+            "LB_CONNS does not fit",
+            "nothing was changed",
+        ],
     );
     assert_eq!(pins_of(&pins), listing);
     held.check("after the refused upgrade");

@@ -55,12 +55,19 @@ struct Outcome {
 /// Director 1 serves alone, `early` connections are opened; director 2 starts and must learn
 /// them (full sync) before it is ready; `late` more are opened through director 1 (live sync);
 /// then the client moves to director 2 and every connection is probed.
-fn move_to_the_other_director(prefix: &str, scheduler: &'static str, weights: Vec<u32>, sync: bool) -> Outcome {
+fn move_to_the_other_director(
+    prefix: &str,
+    scheduler: &'static str,
+    weights: Vec<u32>,
+    sync: bool,
+) -> Outcome {
     let (bed, _decap) = bed(prefix);
     let svc = service(scheduler, weights);
     let d1 = DirectorDaemon::start(&bed, 1, &svc, sync).unwrap();
     if sync {
-        wait_until("director 1 ready (alone)", Duration::from_secs(10), || d1.sync_ready());
+        wait_until("director 1 ready (alone)", Duration::from_secs(10), || {
+            d1.sync_ready()
+        });
         let why = d1.sync()["ready_reason"].as_str().unwrap_or("").to_string();
         assert!(why.contains("no peer answered"), "{why}");
     }
@@ -68,9 +75,11 @@ fn move_to_the_other_director(prefix: &str, scheduler: &'static str, weights: Ve
     let mut held = Held::open(bed.client(), vip(&bed), early).unwrap();
     let d2 = DirectorDaemon::start(&bed, 2, &svc, sync).unwrap();
     if sync {
-        wait_until("director 2 learned before serving", Duration::from_secs(10), || {
-            d2.sync_ready()
-        });
+        wait_until(
+            "director 2 learned before serving",
+            Duration::from_secs(10),
+            || d2.sync_ready(),
+        );
         let why = d2.sync()["ready_reason"].as_str().unwrap_or("").to_string();
         assert!(why.starts_with("full sync from 198.18.0.2"), "{why}");
         let n: usize = why
@@ -83,7 +92,9 @@ fn move_to_the_other_director(prefix: &str, scheduler: &'static str, weights: Ve
     }
     let mut late_held = Held::open(bed.client(), vip(&bed), late).unwrap();
     if sync {
-        let got = wait_for(Duration::from_secs(10), || d2.connections().unwrap() >= early + late);
+        let got = wait_for(Duration::from_secs(10), || {
+            d2.connections().unwrap() >= early + late
+        });
         if !got {
             panic!(
                 "director 2 has {} connections of {}; its sync: {}\ndirector 1's sync: {}\nlog 2:\n{}",
@@ -97,7 +108,11 @@ fn move_to_the_other_director(prefix: &str, scheduler: &'static str, weights: Ve
     } else {
         std::thread::sleep(Duration::from_millis(500));
     }
-    eprintln!("{scheduler}: held connections per real {:?} and {:?}", held.per_real(), late_held.per_real());
+    eprintln!(
+        "{scheduler}: held connections per real {:?} and {:?}",
+        held.per_real(),
+        late_held.per_real()
+    );
     bed.route_vip_via(2).unwrap();
     let a = held.probe();
     let b = late_held.probe();
@@ -115,9 +130,11 @@ fn move_to_the_other_director(prefix: &str, scheduler: &'static str, weights: Ve
         held.check("back on director 1");
     }
     if sync {
-        wait_until("director 2 reports its sync lag", Duration::from_secs(3), || {
-            d2.sync()["lag_p99_ms"].as_f64().is_some()
-        });
+        wait_until(
+            "director 2 reports its sync lag",
+            Duration::from_secs(3),
+            || d2.sync()["lag_p99_ms"].as_f64().is_some(),
+        );
     }
     let st = d2.sync();
     Outcome {
@@ -155,17 +172,26 @@ fn assert_kept(o: &Outcome, what: &str) {
 
 #[test]
 fn rr_connections_survive_a_move_to_the_other_director() {
-    assert_kept(&move_to_the_other_director("syrr", "rr", vec![1, 1], true), "rr");
+    assert_kept(
+        &move_to_the_other_director("syrr", "rr", vec![1, 1], true),
+        "rr",
+    );
 }
 
 #[test]
 fn wrr_connections_survive_a_move_to_the_other_director() {
-    assert_kept(&move_to_the_other_director("sywrr", "wrr", vec![3, 1], true), "wrr");
+    assert_kept(
+        &move_to_the_other_director("sywrr", "wrr", vec![3, 1], true),
+        "wrr",
+    );
 }
 
 #[test]
 fn mh_connections_survive_a_move_to_the_other_director() {
-    assert_kept(&move_to_the_other_director("symh", "mh", vec![1, 1], true), "mh");
+    assert_kept(
+        &move_to_the_other_director("symh", "mh", vec![1, 1], true),
+        "mh",
+    );
 }
 
 /// The control: the same move without sync breaks about half the rr connections, so the
@@ -214,7 +240,10 @@ fn the_sync_socket_refuses_strangers_forgeries_and_replays() {
     assert_eq!(d1.connections().unwrap(), before, "nothing installed");
     let st = lb_userspace::daemon::status::Status::read(&d1.files.0.join("status.json")).unwrap();
     let text = st.render(std::path::Path::new("status.json"), st.updated);
-    assert!(text.contains("sync:      READY on 198.18.0.2:8849"), "{text}");
+    assert!(
+        text.contains("sync:      READY on 198.18.0.2:8849"),
+        "{text}"
+    );
     assert!(text.contains("bad_tag 1"), "{text}");
 }
 

@@ -53,16 +53,22 @@ pub async fn serve(
                 .to_string();
             let mut parts = line.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, body) =
-                if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
-                    match tokio::task::spawn_blocking(move || text(&pin_dir, &snapshot, sync.as_ref())).await {
-                        Ok(Ok(b)) => ("200 OK", b),
-                        Ok(Err(e)) => ("500 Internal Server Error", format!("{}\n", crate::one_line(&e))),
-                        Err(e) => ("500 Internal Server Error", format!("{e}\n")),
-                    }
-                } else {
-                    ("404 Not Found", "not found: try /metrics\n".to_string())
-                };
+            let (status, body) = if method == "GET"
+                && (path == "/metrics" || path.starts_with("/metrics?"))
+            {
+                match tokio::task::spawn_blocking(move || text(&pin_dir, &snapshot, sync.as_ref()))
+                    .await
+                {
+                    Ok(Ok(b)) => ("200 OK", b),
+                    Ok(Err(e)) => (
+                        "500 Internal Server Error",
+                        format!("{}\n", crate::one_line(&e)),
+                    ),
+                    Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+                }
+            } else {
+                ("404 Not Found", "not found: try /metrics\n".to_string())
+            };
             let head = format!(
                 "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
@@ -160,26 +166,66 @@ fn sync_text(out: &mut String, s: &SyncStatus) {
         }
     };
     let one = |v: u64| vec![(String::new(), v as f64)];
-    metric("ready", "gauge", "1 once this director learned the connections of a peer (or had none to learn from).", &one(u64::from(s.ready)));
-    metric("sent_entries_total", "counter", "Connection entries sent to peers.", &one(s.sent_entries));
-    metric("sent_bytes_total", "counter", "Bytes of sync datagrams sent.", &one(s.sent_bytes));
-    metric("received_entries_total", "counter", "Connection entries received from peers.", &one(s.received_entries));
-    metric("installed_total", "counter", "Peer entries installed in the connection table.", &one(s.installed));
+    metric(
+        "ready",
+        "gauge",
+        "1 once this director learned the connections of a peer (or had none to learn from).",
+        &one(u64::from(s.ready)),
+    );
+    metric(
+        "sent_entries_total",
+        "counter",
+        "Connection entries sent to peers.",
+        &one(s.sent_entries),
+    );
+    metric(
+        "sent_bytes_total",
+        "counter",
+        "Bytes of sync datagrams sent.",
+        &one(s.sent_bytes),
+    );
+    metric(
+        "received_entries_total",
+        "counter",
+        "Connection entries received from peers.",
+        &one(s.received_entries),
+    );
+    metric(
+        "installed_total",
+        "counter",
+        "Peer entries installed in the connection table.",
+        &one(s.installed),
+    );
     let rejected: Vec<(String, f64)> = s
         .rejected
         .iter()
         .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), *v as f64))
         .collect();
-    metric("rejected_total", "counter", "Dropped datagrams and refused entries, by reason.", &rejected);
+    metric(
+        "rejected_total",
+        "counter",
+        "Dropped datagrams and refused entries, by reason.",
+        &rejected,
+    );
     let seen: Vec<(String, f64)> = s
         .peers
         .iter()
         .filter_map(|p| Some((format!("{{peer=\"{}\"}}", p.address), p.last_contact?)))
         .collect();
-    metric("peer_last_contact_seconds", "gauge", "Unix time of a peer's last authenticated message.", &seen);
+    metric(
+        "peer_last_contact_seconds",
+        "gauge",
+        "Unix time of a peer's last authenticated message.",
+        &seen,
+    );
     let lags: Vec<(String, f64)> = [("0.5", s.lag_p50_ms), ("0.99", s.lag_p99_ms)]
         .into_iter()
         .filter_map(|(q, v)| Some((format!("{{quantile=\"{q}\"}}"), v? / 1000.0)))
         .collect();
-    metric("lag_seconds", "gauge", "Time from an event at a peer to its entry here, over recent entries.", &lags);
+    metric(
+        "lag_seconds",
+        "gauge",
+        "Time from an event at a peer to its entry here, over recent entries.",
+        &lags,
+    );
 }

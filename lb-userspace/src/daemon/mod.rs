@@ -159,7 +159,9 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
         .context("applying the configuration")?;
     // After the maps hold this file's services: peers' entries are installed by service.
     if let Some(s) = &cfg.sync {
-        d.sync = Some(Arc::new(sync::ConnSync::start(s.clone(), &d.pin_dir).await?));
+        d.sync = Some(Arc::new(
+            sync::ConnSync::start(s.clone(), &d.pin_dir).await?,
+        ));
     }
     if let Some(addr) = cfg.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -207,7 +209,10 @@ impl Daemon {
             warn!("iface, pin_dir, metrics and sync changes take effect only on restart");
         }
         if let Err(e) = self.apply_config(cfg, false) {
-            error!("reload failed, the maps are unchanged: {}", crate::one_line(&e));
+            error!(
+                "reload failed, the maps are unchanged: {}",
+                crate::one_line(&e)
+            );
         }
     }
 

@@ -134,7 +134,10 @@ impl Status {
                         .last_contact
                         .map(|t| format!("{:.0}s ago", now - t))
                         .unwrap_or_else(|| "never".into());
-                    format!("{} (last heard {seen}, {} received, {} rejected)", p.address, p.received, p.rejected)
+                    format!(
+                        "{} (last heard {seen}, {} received, {} rejected)",
+                        p.address, p.received, p.rejected
+                    )
                 })
                 .collect();
             let _ = writeln!(
@@ -142,14 +145,17 @@ impl Status {
                 "sync:      {} on {}; {}",
                 if s.ready { "READY" } else { "LEARNING" },
                 s.listen,
-                s.ready_reason.as_deref().unwrap_or("waiting for a full sync from a peer")
+                s.ready_reason
+                    .as_deref()
+                    .unwrap_or("waiting for a full sync from a peer")
             );
             let _ = writeln!(out, "  peers: {}", peers.join("; "));
             let lag = match (s.lag_p50_ms, s.lag_p99_ms) {
                 (Some(a), Some(b)) => format!(", lag p50 {a:.0} ms p99 {b:.0} ms"),
                 _ => String::new(),
             };
-            let rejected: Vec<String> = s.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let rejected: Vec<String> =
+                s.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(
                 out,
                 "  sent {} entries in {} datagrams, received {}, installed {}{lag}; rejected: {}",
@@ -157,7 +163,11 @@ impl Status {
                 s.sent_messages,
                 s.received_entries,
                 s.installed,
-                if rejected.is_empty() { "none".to_string() } else { rejected.join(", ") }
+                if rejected.is_empty() {
+                    "none".to_string()
+                } else {
+                    rejected.join(", ")
+                }
             );
         }
         out

@@ -4,6 +4,7 @@
 //! pin directory, and so are the XDP and TC links. Later `lbadm` invocations reopen them from
 //! there; `detach` removes them.
 
+use super::layout::UpgradePlan;
 use crate::{
     objects,
     sys::{
@@ -21,7 +22,6 @@ use aya::{
         tc,
     },
 };
-use super::layout::UpgradePlan;
 use lb_common::{
     ATTACH_SET_FORWARDING, ATTACH_TC_NETLINK, ATTACH_XDP_GENERIC, Config, LAYOUT_VERSION,
     MAP_CONFIG, MAP_META, Meta, PROG_LB, PROG_TC_EGRESS, PROG_TC_INGRESS,

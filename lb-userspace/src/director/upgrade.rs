@@ -32,9 +32,7 @@ use crate::{
     },
 };
 use aya::programs::{SchedClassifier, Xdp, tc::SchedClassifierLink};
-use lb_common::{
-    ATTACH_TC_NETLINK, ATTACH_XDP_GENERIC, LAYOUT_VERSION, Meta, PROG_LB, ip_be,
-};
+use lb_common::{ATTACH_TC_NETLINK, ATTACH_XDP_GENERIC, LAYOUT_VERSION, Meta, PROG_LB, ip_be};
 use std::{
     net::Ipv4Addr,
     os::fd::{AsFd as _, OwnedFd},
@@ -159,10 +157,7 @@ fn layout_err(e: layout::LayoutError) -> DatapathError {
 }
 
 /// Points the pinned link at `prog`; returns the link and its previous program, to roll back.
-fn swap_link(
-    path: &Path,
-    prog: std::os::fd::BorrowedFd<'_>,
-) -> Result<(OwnedFd, OwnedFd)> {
+fn swap_link(path: &Path, prog: std::os::fd::BorrowedFd<'_>) -> Result<(OwnedFd, OwnedFd)> {
     let what = |w: &str| format!("{w} {}", path.display());
     let link = raw::open_pinned(path).map_err(bpf(what("opening")))?;
     let old_id = raw::program_id(link.as_fd()).map_err(bpf(what("reading")))?;

@@ -53,18 +53,23 @@ fn v4(a: &Spanned<SocketAddr>, field: &str, err: &ErrAt) -> Result<SocketAddrV4,
 
 pub fn validate(raw: &RawSync, file: &Path, err: &ErrAt) -> Result<SyncConfig, ConfigError> {
     let listen = v4(&raw.listen, "sync.listen", err)?;
-    let span = raw
+    let span = raw.peers.as_ref().map_or(raw.listen.span(), |p| p.span());
+    let mut peers = Vec::new();
+    for a in raw
         .peers
         .as_ref()
-        .map_or(raw.listen.span(), |p| p.span());
-    let mut peers = Vec::new();
-    for a in raw.peers.as_ref().map(|p| p.get_ref().as_slice()).unwrap_or(&[]) {
+        .map(|p| p.get_ref().as_slice())
+        .unwrap_or(&[])
+    {
         let p = v4(&Spanned::new(span.clone(), *a), "sync.peers", err)?;
         if p.ip() == listen.ip() || peers.iter().any(|q: &SocketAddrV4| q.ip() == p.ip()) {
             return Err(err(
                 Some(span),
                 "sync.peers",
-                format!("{} is listed twice, or is this director's own address", p.ip()),
+                format!(
+                    "{} is listed twice, or is this director's own address",
+                    p.ip()
+                ),
             ));
         }
         peers.push(p);
@@ -139,7 +144,9 @@ mod tests {
 
     const BASE: &str = "iface = \"eth0\"\n[sync]\nlisten = \"198.18.0.2:8849\"\n";
 
-    fn p(extra: &str) -> Result<crate::daemon::config::DaemonConfig, crate::daemon::config::ConfigError> {
+    fn p(
+        extra: &str,
+    ) -> Result<crate::daemon::config::DaemonConfig, crate::daemon::config::ConfigError> {
         parse(Path::new("/nonexistent/t.toml"), &format!("{BASE}{extra}"))
     }
 
@@ -156,12 +163,27 @@ mod tests {
     fn mistakes_are_named() {
         let cases = [
             ("key = \"0123456789abcdef\"\n", "sync.peers"),
-            ("peers = [\"198.18.0.2:8849\"]\nkey = \"0123456789abcdef\"\n", "sync.peers"),
-            ("peers = [\"198.18.0.3:8849\"]\nkey = \"short\"\n", "sync.key"),
+            (
+                "peers = [\"198.18.0.2:8849\"]\nkey = \"0123456789abcdef\"\n",
+                "sync.peers",
+            ),
+            (
+                "peers = [\"198.18.0.3:8849\"]\nkey = \"short\"\n",
+                "sync.key",
+            ),
             ("peers = [\"198.18.0.3:8849\"]\n", "sync.key"),
-            ("peers = [\"198.18.0.3:8849\"]\nkey_file = \"missing.key\"\n", "sync.key_file"),
-            ("peers = [\"[::1]:8849\"]\nkey = \"0123456789abcdef\"\n", "sync.peers"),
-            ("peers = [\"198.18.0.3:8849\"]\nkey = \"0123456789abcdef\"\nrefresh = \"10ms\"\n", "sync.refresh"),
+            (
+                "peers = [\"198.18.0.3:8849\"]\nkey_file = \"missing.key\"\n",
+                "sync.key_file",
+            ),
+            (
+                "peers = [\"[::1]:8849\"]\nkey = \"0123456789abcdef\"\n",
+                "sync.peers",
+            ),
+            (
+                "peers = [\"198.18.0.3:8849\"]\nkey = \"0123456789abcdef\"\nrefresh = \"10ms\"\n",
+                "sync.refresh",
+            ),
         ];
         for (extra, field) in cases {
             let e = p(extra).unwrap_err();

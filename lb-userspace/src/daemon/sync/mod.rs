@@ -319,8 +319,7 @@ fn open_ring(pin_dir: &Path) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
 /// Turns the data path's event queue on or off (`Config::flags`).
 fn set_sync_flag(pin_dir: &Path, on: bool) -> anyhow::Result<()> {
     let data = MapData::from_pin(pin_dir.join(MAP_CONFIG))?;
-    let mut cfg: Array<MapData, Config> =
-        Array::try_from(aya::maps::Map::from_map_data(data)?)?;
+    let mut cfg: Array<MapData, Config> = Array::try_from(aya::maps::Map::from_map_data(data)?)?;
     let mut c = cfg.get(&0, 0)?;
     if on {
         c.flags |= CONFIG_F_SYNC;
@@ -465,7 +464,10 @@ impl Shared {
                     Ok(()) => {
                         done += 1;
                         if m.kind == Kind::Entries {
-                            lags.push(e.age_ms.saturating_add(now.saturating_sub(m.sent_ms) as u32));
+                            lags.push(
+                                e.age_ms
+                                    .saturating_add(now.saturating_sub(m.sent_ms) as u32),
+                            );
                         }
                     }
                     Err(why) => {
@@ -531,7 +533,9 @@ impl Shared {
         let pin_dir = self.pin_dir.clone();
         let entries = match tokio::task::spawn_blocking(move || scan(&pin_dir, 0)).await {
             Ok(Ok(e)) => e,
-            Ok(Err(e)) => return warn!(peer = %to, "sync: reading the table for a full sync: {e:#}"),
+            Ok(Err(e)) => {
+                return warn!(peer = %to, "sync: reading the table for a full sync: {e:#}");
+            }
             Err(e) => return warn!(peer = %to, "sync: full sync: {e}"),
         };
         self.send_to(to, Kind::Dump, &entries, nonce).await;

@@ -125,11 +125,21 @@ impl Directory {
                 continue;
             }
             if let Some(real) = self.real(c.real_id, c.real_gen) {
-                out.push(connection(&k, real, c.state, c.flags, (age / NS_PER_MS) as u32));
+                out.push(connection(
+                    &k,
+                    real,
+                    c.state,
+                    c.flags,
+                    (age / NS_PER_MS) as u32,
+                ));
             }
         }
         for (k, t) in maps.persist.iter().flatten() {
-            let Some(svc) = self.keys.get(&k.service_id).and_then(|k| self.services.get(k)) else {
+            let Some(svc) = self
+                .keys
+                .get(&k.service_id)
+                .and_then(|k| self.services.get(k))
+            else {
                 continue;
             };
             let age = now.saturating_sub(t.last_seen_ns);

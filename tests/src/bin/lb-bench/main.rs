@@ -27,6 +27,8 @@ use std::{net::Ipv4Addr, os::fd::AsFd};
 mod health;
 mod mysql;
 mod pps;
+mod sync;
+mod upgrade;
 
 const TEMPLATE_MAX: usize = 128;
 
@@ -58,7 +60,9 @@ struct Args {
     baseline: Option<std::path::PathBuf>,
 }
 
-const SECTIONS: [&str; 6] = ["datapath", "cli", "health", "pps", "mysql", "failover"];
+const SECTIONS: [&str; 8] = [
+    "datapath", "cli", "health", "pps", "mysql", "failover", "sync", "upgrade",
+];
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
@@ -122,6 +126,14 @@ fn main() -> Result<()> {
     }
     if run("failover") {
         mysql::failover_chart(&args.svg)?;
+        println!();
+    }
+    if run("sync") {
+        sync::bench()?;
+        println!();
+    }
+    if run("upgrade") {
+        upgrade::bench()?;
         println!();
     }
     Ok(())

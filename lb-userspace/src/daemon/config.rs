@@ -41,6 +41,9 @@
 //! address = "198.18.0.11"   # required, IPv4
 //! weight = 1                # 0..=2147483647 (default 1)
 //! [service.real.check]      # optional: overrides single keys of [service.check]
+//!
+//! [sync]                    # optional: connection sync with other directors, see
+//!                           # `super::sync::config`
 //! ```
 //!
 //! A broken file is rejected with the line and column of the offending key (toml's span) and
@@ -661,6 +664,28 @@ type = "tcp"
         let e = p(&GOOD.replace("on_failure", "quorum_down = []\non_failure")).unwrap_err();
         assert_eq!(e.field, "service[0].quorum_down", "{e}");
         assert_eq!(e.position.map(|p| p.0), Some(6), "{e}");
+    }
+
+    /// The example shipped with lbadm is valid, and so is its `[sync]` section once enabled.
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../../dist/lbadm.toml");
+        p(text).unwrap();
+        let (head, sync) = text.split_once("# [sync]").unwrap();
+        let sync: String = sync
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .map(|l| {
+                if l.starts_with("key_file") {
+                    "key = \"0123456789abcdef0123\"".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = p(&format!("{head}[sync]{sync}")).unwrap();
+        assert_eq!(c.sync.unwrap().peers.len(), 1);
     }
 
     #[test]

@@ -95,6 +95,18 @@ impl DirectorDaemon {
         services: &[ServiceSpec],
         sync: bool,
     ) -> Result<DirectorDaemon> {
+        Self::start_with(bed, i, services, sync, "")
+    }
+
+    /// [`DirectorDaemon::start`] with `extra` appended to the configuration file (e.g. an
+    /// `[announce]` section).
+    pub fn start_with(
+        bed: &TestBed,
+        i: usize,
+        services: &[ServiceSpec],
+        sync: bool,
+        extra: &str,
+    ) -> Result<DirectorDaemon> {
         let pins = PinDir::new(&format!("daemon{i}"));
         let files = TempDir::new(&format!("director{i}"))?;
         let key = files.0.join("sync.key");
@@ -102,7 +114,7 @@ impl DirectorDaemon {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
         std::fs::write(
             files.0.join("lbadm.toml"),
-            Self::config(bed, i, &pins, &files, services, sync),
+            Self::config(bed, i, &pins, &files, services, sync) + extra,
         )?;
         let peer = bed.director_n(i).bridge_port().index;
         let pass = bed.bridge().run(move || attach_pass(peer))?;

@@ -1,6 +1,7 @@
 pub mod assertions;
 pub mod directors;
 pub mod fixture;
+pub mod fleet;
 pub mod held;
 pub mod lbbed;
 pub mod mysqlbed;

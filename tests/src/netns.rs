@@ -420,6 +420,45 @@ impl Netns {
         )
     }
 
+    /// The next hops of the main table's route to `dst/32` (several for a multipath route).
+    pub fn route_nexthops(&self, dst: Ipv4Addr) -> Result<Vec<Ipv4Addr>> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+        self.rtnl(format_args!("routes to {dst}"), |h| async move {
+            let mut s = h
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
+            let mut out = Vec::new();
+            while let Some(m) = futures::TryStreamExt::try_next(&mut s).await? {
+                let main = m.header.table == RouteHeader::RT_TABLE_MAIN;
+                let to_dst = m
+                    .attributes
+                    .iter()
+                    .any(|a| *a == RouteAttribute::Destination(RouteAddress::Inet(dst)));
+                if !main || m.header.destination_prefix_length != 32 || !to_dst {
+                    continue;
+                }
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => out.push(*g),
+                        RouteAttribute::MultiPath(hops) => {
+                            for hop in hops {
+                                for ha in &hop.attributes {
+                                    if let RouteAttribute::Gateway(RouteAddress::Inet(g)) = ha {
+                                        out.push(*g);
+                                    }
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+
     /// Adds (or replaces) a permanent ARP entry `ip -> mac` on `link`.
     pub fn add_neigh_permanent(&self, link: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
         self.rtnl(

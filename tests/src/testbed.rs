@@ -33,6 +33,7 @@ pub const SUBNET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 pub const SUBNET_PREFIX: u8 = 24;
 pub const DIRECTOR_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 /// Directors are 198.18.0.(1+i), below the client.
 pub const MAX_DIRECTORS: usize = 7;
@@ -68,6 +69,9 @@ pub struct TestBedOpts {
     pub reals: usize,
     /// Directors (1: the VIP is on its eth0; more: the client routes the VIP via the first).
     pub directors: usize,
+    /// A router host (198.18.0.1, forwarding, no redirects) the client routes the VIP through;
+    /// who runs its routing is the test's business (see `crate::fleet`).
+    pub router: bool,
     pub mtu: u32,
     /// Prefixes the namespace names used in messages, e.g. `lb-client`.
     pub prefix: String,
@@ -84,6 +88,7 @@ impl Default for TestBedOpts {
         TestBedOpts {
             reals: 2,
             directors: 1,
+            router: false,
             mtu: 1500,
             prefix: "lb".to_owned(),
             disable_ipv6: true,
@@ -141,6 +146,7 @@ pub struct TestBed {
     bridge: Netns,
     br0: Iface,
     client: Host,
+    router: Option<Host>,
     directors: Vec<Host>,
     reals: Vec<Host>,
 }
@@ -182,7 +188,29 @@ impl TestBed {
             };
             directors.push(attach_host(&bridge, &opts, &name, &port, director_addr(i))?);
         }
-        if opts.directors == 1 {
+        let router = if opts.router {
+            let r = attach_host(&bridge, &opts, "router", "rt0", ROUTER_ADDR)?;
+            r.ns.sysctl_write("net.ipv4.ip_forward", "1")?;
+            r.ns.sysctl_write("net.ipv4.fib_multipath_hash_policy", "1")?;
+            // Client and directors share the router's segment: no redirect may bypass it.
+            r.ns.sysctl_write("net.ipv4.conf.all.send_redirects", "0")?;
+            r.ns.sysctl_write("net.ipv4.conf.eth0.send_redirects", "0")?;
+            client
+                .ns
+                .sysctl_write("net.ipv4.conf.all.accept_redirects", "0")?;
+            client
+                .ns
+                .sysctl_write("net.ipv4.conf.eth0.accept_redirects", "0")?;
+            client
+                .ns
+                .add_route(VIP, 32, Some(ROUTER_ADDR), Some(HOST_IF))?;
+            Some(r)
+        } else {
+            None
+        };
+        if opts.router {
+            // The router decides which director gets the VIP's traffic.
+        } else if opts.directors == 1 {
             directors[0].ns.add_addr(HOST_IF, VIP, 32)?;
         } else {
             client
@@ -217,6 +245,7 @@ impl TestBed {
             bridge,
             br0,
             client,
+            router,
             directors,
             reals,
         })
@@ -236,6 +265,10 @@ impl TestBed {
     }
     pub fn director(&self) -> &Netns {
         &self.directors[0].ns
+    }
+    /// The router host (a bed built with `router`).
+    pub fn router(&self) -> &Host {
+        self.router.as_ref().expect("a bed with a router")
     }
     /// Director `i` (1-based).
     pub fn director_n(&self, i: usize) -> &Host {

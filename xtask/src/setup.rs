@@ -66,6 +66,16 @@ const APT_PACKAGES: &[AptPackage] = &[
         purpose: "the TCP-mode proxy lbadm is compared with in `cargo xtask bench`",
     },
     AptPackage {
+        name: "bird2",
+        required: true,
+        purpose: "BIRD 2 (BGP, BFD): the router and the directors' announcements in the fleet tests",
+    },
+    AptPackage {
+        name: "keepalived",
+        required: true,
+        purpose: "VRRP between two directors in the fleet tests (its LVS part is not used)",
+    },
+    AptPackage {
         name: "bpftool",
         required: false,
         purpose: "inspect loaded BPF programs and maps",
@@ -513,7 +523,8 @@ fn ensure_apt_packages(ctx: &Ctx) -> Result<()> {
     if !install.is_empty() {
         let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
         args.extend(&install);
-        // Packages with services (mariadb-server, haproxy) must not start them: the tests
+        // Packages with services (mariadb-server, haproxy, bird2, keepalived) must not start
+        // them: the tests
         // run their own instances inside namespaces.
         let _no_services = PolicyRcD::install()?;
         ctx.run(&mut apt_get(&args))?;

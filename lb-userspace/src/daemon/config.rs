@@ -44,6 +44,8 @@
 //!
 //! [sync]                    # optional: connection sync with other directors, see
 //!                           # `super::sync::config`
+//! [announce]                # optional: announce the VIPs through a routing daemon, see
+//!                           # `super::announce`
 //! ```
 //!
 //! A broken file is rejected with the line and column of the offending key (toml's span) and
@@ -173,6 +175,8 @@ pub struct DaemonConfig {
     pub services: Vec<ServiceConfig>,
     /// Connection sync with other directors (`[sync]`).
     pub sync: Option<super::sync::config::SyncConfig>,
+    /// Announcing the VIPs through a routing daemon (`[announce]`).
+    pub announce: Option<super::announce::AnnounceConfig>,
 }
 
 /// A rejected file: where, which field, why.
@@ -247,6 +251,7 @@ struct RawFile {
     #[serde(default)]
     service: Vec<RawService>,
     sync: Option<super::sync::config::RawSync>,
+    announce: Option<super::announce::RawAnnounce>,
 }
 
 #[derive(Deserialize)]
@@ -467,6 +472,11 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
             .sync
             .as_ref()
             .map(|s| super::sync::config::validate(s, path, &err))
+            .transpose()?,
+        announce: raw
+            .announce
+            .as_ref()
+            .map(|a| super::announce::validate(a, &err))
             .transpose()?,
     })
 }

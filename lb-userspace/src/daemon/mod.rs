@@ -20,6 +20,7 @@
 //! * Status file (JSON, written atomically after each change and every second) and an optional
 //!   Prometheus endpoint.
 
+pub mod announce;
 pub mod config;
 pub mod healthcheck;
 pub mod metrics;
@@ -89,6 +90,10 @@ struct Daemon {
     quorum: HashMap<ServiceId, bool>,
     /// Connection sync with the other directors, when configured.
     sync: Option<Arc<sync::ConnSync>>,
+    /// Announcing the VIPs through a routing daemon, when configured.
+    announcer: Option<announce::Announcer>,
+    /// SIGTERM/SIGINT came: withdraw everything.
+    stopping: bool,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -154,6 +159,8 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
         probes,
         quorum: HashMap::new(),
         sync: None,
+        announcer: None,
+        stopping: false,
     };
     d.apply_config(cfg.clone(), true)
         .context("applying the configuration")?;
@@ -176,15 +183,27 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
         ));
     }
     info!(config = %d.path.display(), services = d.cfg.services.len(), reals = d.reals.len(), "running");
+    if let Some(a) = &cfg.announce {
+        d.announcer = Some(announce::Announcer::new(a.clone())?);
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tokio::select! {
-            Some(ev) = rx.recv() => d.on_event(ev),
-            _ = hup.recv() => d.reload(),
-            _ = tick.tick() => d.write_status(),
+        let verify = tokio::select! {
+            Some(ev) = rx.recv() => { d.on_event(ev); false }
+            _ = hup.recv() => { d.reload(); false }
+            _ = tick.tick() => { d.write_status(); true }
             _ = term.recv() => break,
             _ = int.recv() => break,
-        }
+        };
+        d.announce(verify).await;
+    }
+    d.stopping = true;
+    d.announce(true).await;
+    if let Some(drain) = d.announcer.as_ref().map(|a| a.drain()) {
+        // Withdrawn: the routers move the flows away while the data path still serves them.
+        info!("VIPs withdrawn; draining for {drain:?}");
+        d.write_status();
+        tokio::time::sleep(drain).await;
     }
     info!("stopping; the maps stay as they are and the data path keeps forwarding");
     d.write_status();
@@ -192,6 +211,33 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
 }
 
 impl Daemon {
+    /// Announces the VIPs this director can serve and withdraws the others.
+    async fn announce(&mut self, verify: bool) {
+        let Some(a) = self.announcer.as_mut() else {
+            return;
+        };
+        let c = announce::Conditions {
+            attached: datapath::is_attached(&self.pin_dir),
+            sync_ready: self.sync.as_ref().is_none_or(|s| s.ready()),
+            stopping: self.stopping,
+        };
+        let vips = a.vips(self.cfg.services.iter().map(|s| s.id.addr));
+        let services = &self.cfg.services;
+        let quorum = &self.quorum;
+        a.reconcile(
+            &vips,
+            c,
+            |vip| {
+                services
+                    .iter()
+                    .filter(|s| s.id.addr == vip)
+                    .all(|s| quorum.get(&s.id).copied().unwrap_or(true))
+            },
+            verify,
+        )
+        .await;
+    }
+
     fn reload(&mut self) {
         info!(config = %self.path.display(), "SIGHUP: reloading");
         let cfg = match config::load(&self.path) {
@@ -205,8 +251,9 @@ impl Daemon {
             || cfg.pin_dir != self.cfg.pin_dir
             || cfg.metrics != self.cfg.metrics
             || cfg.sync != self.cfg.sync
+            || cfg.announce != self.cfg.announce
         {
-            warn!("iface, pin_dir, metrics and sync changes take effect only on restart");
+            warn!("iface, pin_dir, metrics, sync and announce changes take effect only on restart");
         }
         if let Err(e) = self.apply_config(cfg, false) {
             error!(
@@ -547,6 +594,7 @@ impl Daemon {
             updated: unix(SystemTime::now()),
             services,
             sync: self.sync.as_ref().map(|s| s.status()),
+            announce: self.announcer.as_ref().map(|a| a.status()),
         }
     }
 

@@ -24,6 +24,9 @@ pub struct Status {
     /// Connection sync, when configured.
     #[serde(default)]
     pub sync: Option<super::sync::SyncStatus>,
+    /// VIP announcements, when configured.
+    #[serde(default)]
+    pub announce: Option<super::announce::AnnounceStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +128,17 @@ impl Status {
                 );
             }
         }
+        if let Some(a) = &self.announce {
+            let vips: Vec<String> = a
+                .vips
+                .iter()
+                .map(|v| match &v.reason {
+                    None => format!("{} announced", v.vip),
+                    Some(why) => format!("{} NOT announced ({why})", v.vip),
+                })
+                .collect();
+            let _ = writeln!(out, "announce:  table {}: {}", a.table, vips.join("; "));
+        }
         if let Some(s) = &self.sync {
             let peers: Vec<String> = s
                 .peers
@@ -199,6 +213,7 @@ mod tests {
             pin_dir: "/sys/fs/bpf/lbadm".into(),
             updated: 100.0,
             sync: None,
+            announce: None,
             services: vec![ServiceStatus {
                 service: "TCP 198.18.0.100:6033".into(),
                 protocol: "tcp".into(),

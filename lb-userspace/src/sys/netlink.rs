@@ -6,7 +6,7 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkFlags, LinkMessage},
-    route::{RouteAttribute, RouteHeader},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope},
 };
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
@@ -63,6 +63,22 @@ pub fn host_address_message(index: u32, addr: Ipv4Addr) -> AddressMessage {
     AddressMessageBuilder::<Ipv4Addr>::new()
         .index(index)
         .address(addr, 32)
+        .build()
+}
+
+/// The routing protocol number lbadm's own routes carry (`ip route … proto 252`), so routing
+/// daemons that learn from the kernel can tell them apart.
+pub const RTPROT_LBADM: u8 = 252;
+
+/// RTM_NEWROUTE / RTM_DELROUTE for `addr/32 dev lo` in `table`, proto [`RTPROT_LBADM`]: what
+/// the daemon announces through a routing daemon that learns that table.
+pub fn host_route_message(table: u32, addr: Ipv4Addr) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(addr, 32)
+        .table_id(table)
+        .output_interface(1)
+        .scope(RouteScope::Link)
+        .protocol(RouteProtocol::Other(RTPROT_LBADM))
         .build()
 }
 
@@ -261,6 +277,69 @@ impl Rtnl {
         })
     }
 
+    /// The /32 destinations of lbadm's routes in `table`.
+    pub fn table_host_routes(&self, table: u32) -> Result<Vec<Ipv4Addr>> {
+        self.rt.block_on(async {
+            let mut s = self
+                .handle
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
+            let mut out = Vec::new();
+            while let Some(m) = s.try_next().await.map_err(nl("listing routes"))? {
+                if m.header.destination_prefix_length != 32
+                    || m.header.protocol != RouteProtocol::Other(RTPROT_LBADM)
+                {
+                    continue;
+                }
+                let mut t = m.header.table as u32;
+                let mut dst = None;
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Table(x) => t = *x,
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+                        _ => {}
+                    }
+                }
+                if t == table
+                    && let Some(d) = dst
+                {
+                    out.push(d);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Adds (or keeps) `addr/32 dev lo` in `table`.
+    pub fn add_host_route(&self, table: u32, addr: Ipv4Addr) -> Result<()> {
+        self.rt.block_on(async {
+            self.handle
+                .route()
+                .add(host_route_message(table, addr))
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!("adding {addr}/32 to table {table}")))
+        })
+    }
+
+    /// Removes `addr/32` from `table`; a route already gone is fine.
+    pub fn del_host_route(&self, table: u32, addr: Ipv4Addr) -> Result<()> {
+        self.rt.block_on(async {
+            match self
+                .handle
+                .route()
+                .del(host_route_message(table, addr))
+                .execute()
+                .await
+            {
+                Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
+                r => r.map_err(nl(format!("removing {addr}/32 from table {table}"))),
+            }
+        })
+    }
+
     /// Creates a link (RTM_NEWLINK with NLM_F_CREATE|NLM_F_EXCL).
     pub fn add_link(&self, msg: LinkMessage, what: &str) -> Result<()> {
         self.rt
@@ -305,6 +384,24 @@ mod tests {
         assert_eq!(b, [0, 0, 0, 0, 7, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]);
         let m = link_up_message(7, false);
         assert_eq!(bytes(&m), [0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn host_route_message_is_lo_in_the_table_with_our_protocol() {
+        let m = host_route_message(100, Ipv4Addr::new(198, 18, 0, 100));
+        let b = bytes(&m);
+        // rtmsg: AF_INET, dst_len 32, src_len 0, tos 0, table 100, proto 252, scope link (253),
+        // type unicast (1), flags 0.
+        assert_eq!(&b[..12], &[2, 32, 0, 0, 100, 252, 253, 1, 0, 0, 0, 0]);
+        let parsed = RouteMessage::parse(b.as_slice()).unwrap();
+        assert!(parsed.attributes.contains(&RouteAttribute::Oif(1)));
+        assert!(
+            parsed
+                .attributes
+                .contains(&RouteAttribute::Destination(RouteAddress::Inet(
+                    Ipv4Addr::new(198, 18, 0, 100)
+                )))
+        );
     }
 
     #[test]

@@ -158,3 +158,68 @@ pub fn wait_nexthops(
 pub fn describe(birds: &[&Bird]) -> Vec<PathBuf> {
     birds.iter().map(|b| b.dir.0.clone()).collect()
 }
+
+/// keepalived (VRRP only) in one namespace, with the shipped configuration
+/// (`lb-userspace/dist/keepalived/keepalived.conf`): only the router id, the priority and the
+/// readiness script's path and arguments are set. Stopped on drop.
+pub struct Keepalived {
+    child: Option<ChildGuard>,
+    pub dir: TempDir,
+}
+
+impl Keepalived {
+    pub fn start(ns: &Netns, name: &str, priority: u32, ready_script: &str) -> Result<Keepalived> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../lb-userspace/dist/keepalived/keepalived.conf");
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        let conf: String = text
+            .lines()
+            .map(|l| match l.trim() {
+                t if t.starts_with("router_id ") => format!("    router_id lbadm_{name}"),
+                t if t.starts_with("priority ") => format!("    priority {priority}"),
+                t if t.starts_with("script \"") => format!("    script \"{ready_script}\""),
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = TempDir::new(&format!("keepalived-{name}"))?;
+        std::fs::write(dir.0.join("keepalived.conf"), conf + "\n")?;
+        let log = std::fs::File::create(dir.0.join("keepalived.log"))?;
+        let mut cmd = ns.command("/usr/sbin/keepalived");
+        // Its own process group: keepalived forks a VRRP child, which a kill must reach.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = ChildGuard::spawn(
+            cmd.args(["-n", "-l", "-D", "-P", "-f"])
+                .arg(dir.0.join("keepalived.conf"))
+                .arg("-p")
+                .arg(dir.0.join("keepalived.pid"))
+                .arg("-r")
+                .arg(dir.0.join("vrrp.pid"))
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log)),
+        )?;
+        Ok(Keepalived {
+            child: Some(child),
+            dir,
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("keepalived.log")).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.take() {
+            // keepalived's VRRP child is its own process: end the whole group.
+            unsafe { libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL) };
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -72,6 +72,9 @@ pub struct TestBedOpts {
     /// A router host (198.18.0.1, forwarding, no redirects) the client routes the VIP through;
     /// who runs its routing is the test's business (see `crate::fleet`).
     pub router: bool,
+    /// The VIP is claimed on the segment by whichever director VRRP elects (keepalived adds it
+    /// to that director's eth0): the client reaches it on-link, by ARP.
+    pub vrrp: bool,
     pub mtu: u32,
     /// Prefixes the namespace names used in messages, e.g. `lb-client`.
     pub prefix: String,
@@ -89,6 +92,7 @@ impl Default for TestBedOpts {
             reals: 2,
             directors: 1,
             router: false,
+            vrrp: false,
             mtu: 1500,
             prefix: "lb".to_owned(),
             disable_ipv6: true,
@@ -208,8 +212,8 @@ impl TestBed {
         } else {
             None
         };
-        if opts.router {
-            // The router decides which director gets the VIP's traffic.
+        if opts.router || opts.vrrp {
+            // The router, or VRRP, decides which director gets the VIP's traffic.
         } else if opts.directors == 1 {
             directors[0].ns.add_addr(HOST_IF, VIP, 32)?;
         } else {

@@ -52,6 +52,11 @@ enum Cmd {
     Status {
         #[arg(long)]
         json: bool,
+        /// Only say whether this director may take traffic, in one line, and exit 0 if so, 1 if
+        /// not: its data path is attached and, when the daemon syncs with peers, it has learned
+        /// their connections (for keepalived's track_script).
+        #[arg(long, conflicts_with = "json")]
+        ready: bool,
         /// The daemon's status file (its config's `status_file`).
         #[arg(long, env = "LBADM_STATUS_FILE", default_value = config::DEFAULT_STATUS_FILE)]
         status_file: PathBuf,
@@ -210,7 +215,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.iface.map(|i| format!(" from {i}")).unwrap_or_default()
             );
         }
-        Cmd::Status { json, status_file } => {
+        Cmd::Status {
+            ready: true,
+            status_file,
+            ..
+        } => {
+            let st = Status::read(&status_file);
+            let alive = st.as_ref().is_some_and(|s| s.alive());
+            return Ok(
+                match daemon::status::readiness(
+                    datapath::is_attached(&cli.pin_dir),
+                    st.as_ref(),
+                    alive,
+                ) {
+                    Ok(why) => {
+                        println!("ready: {why}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(why) => {
+                        println!("not ready: {why}");
+                        ExitCode::from(1)
+                    }
+                },
+            );
+        }
+        Cmd::Status {
+            json, status_file, ..
+        } => {
             let dp = status::read(&cli.pin_dir)?;
             let health = Status::read(&status_file);
             if json {

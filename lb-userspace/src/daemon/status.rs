@@ -79,7 +79,7 @@ impl Status {
 
     /// The `health:` part of `lbadm status`, `now` being Unix time.
     pub fn render(&self, file: &Path, now: f64) -> String {
-        let alive = self.pid > 0 && unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0;
+        let alive = self.alive();
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -188,6 +188,27 @@ impl Status {
     }
 }
 
+/// Whether this director may take traffic (`lbadm status --ready`, for keepalived's
+/// `track_script`): its data path is attached and, when a running daemon syncs connections with
+/// peers, it has learned them. Ok or Err with the reason, in words.
+pub fn readiness(attached: bool, daemon: Option<&Status>, alive: bool) -> Result<String, String> {
+    if !attached {
+        return Err("the data path is not attached".into());
+    }
+    match daemon.filter(|_| alive).and_then(|s| s.sync.as_ref()) {
+        Some(s) if !s.ready => Err("learning connections from the peers (sync)".into()),
+        Some(_) => Ok("attached, connections learned from the peers".into()),
+        None => Ok("attached".into()),
+    }
+}
+
+impl Status {
+    /// Whether the daemon that wrote the file still runs.
+    pub fn alive(&self) -> bool {
+        self.pid > 0 && unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
+    }
+}
+
 pub fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -204,6 +225,37 @@ pub fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_when_attached_and_synced() {
+        let mut st = Status {
+            pid: 1,
+            config: "c".into(),
+            pin_dir: "p".into(),
+            updated: 0.0,
+            services: vec![],
+            sync: None,
+            announce: None,
+        };
+        assert!(readiness(false, Some(&st), true).is_err());
+        assert_eq!(readiness(true, None, false), Ok("attached".into()));
+        assert_eq!(readiness(true, Some(&st), true), Ok("attached".into()));
+        let learning: crate::daemon::sync::SyncStatus = serde_json::from_value(serde_json::json!({
+            "listen": "198.18.0.2:8849", "ready": false, "ready_reason": null, "peers": [],
+            "sent_messages": 0, "sent_entries": 0, "sent_bytes": 0, "received_messages": 0,
+            "received_entries": 0, "received_bytes": 0, "installed": 0, "unsendable": 0,
+            "rejected": {}, "lag_p50_ms": null, "lag_p99_ms": null
+        }))
+        .unwrap();
+        st.sync = Some(learning);
+        assert!(
+            readiness(true, Some(&st), true)
+                .unwrap_err()
+                .contains("learning")
+        );
+        // A daemon that died no longer speaks for the data path, which still forwards.
+        assert!(readiness(true, Some(&st), false).is_ok());
+    }
 
     #[test]
     fn round_trips_and_renders() {

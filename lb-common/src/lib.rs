@@ -23,6 +23,7 @@ pub const MAP_PERSIST: &str = "LB_PERSIST";
 pub const MAP_PROBES: &str = "LB_PROBES";
 pub const MAP_META: &str = "LB_META";
 pub const MAP_SYNC: &str = "LB_SYNC";
+pub const MAP_PEERS: &str = "LB_PEERS";
 pub const MAP_DECAP_DIRS: &str = "DECAP_DIRS";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
@@ -30,8 +31,8 @@ pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 /// The layout of the pinned state: which maps exist, their key and value types, their sizes and
 /// what their fields mean. An upgrade (`lbadm attach` on an attached data path) reuses the
 /// pinned maps only under a layout it knows; see `lb-userspace/src/director/layout.rs`.
-/// 1: the maps before this record existed (no `LB_META`). 2: `LB_META`, `LB_SYNC`, `Config::flags`,
-/// [`REASON_SLOTS`] counters.
+/// 1: the maps before this record existed (no `LB_META`). 2: `LB_META`, `LB_SYNC`, `LB_PEERS`,
+/// `Config::flags`, [`REAL_F_LOCAL`], [`REASON_SLOTS`] counters.
 pub const LAYOUT_VERSION: u32 = 2;
 
 /// Program names as they appear in the eBPF objects.
@@ -127,6 +128,12 @@ pub struct Service {
 
 /// The real's slot is in use by a service.
 pub const REAL_F_IN_USE: u32 = 1;
+/// The real is this host (the two-node layout: every node a director and a real server): its
+/// packets go up this host's stack as they came, without a tunnel to itself.
+pub const REAL_F_LOCAL: u32 = 2;
+/// Peer directors whose IPIP packets the director program decapsulates for this host's own
+/// real server (the two-node layout; `lbadm realserver setup --decap director`).
+pub const MAX_PEERS: u32 = 64;
 
 /// Value of the reals array, indexed by real id.
 #[repr(C)]
@@ -387,6 +394,12 @@ reasons! {
     Persisted = "persisted",
     /// A connection event could not be queued for the sync daemon (its ring was full).
     SyncLost = "sync_lost",
+    /// Scheduled to this host's own real (two-node layout): passed up the stack as it came.
+    PassLocalReal = "pass_local_real",
+    /// IPIP from a peer director for one of our VIPs: decapsulated and passed up the stack.
+    PassDecapsulated = "pass_decapsulated",
+    /// IPIP from a peer director whose inner packet is not for one of our VIPs: dropped.
+    DropDecapUnknownVip = "drop_decap_unknown_vip",
 }
 
 /// Size of the reasons counter array: room for reasons to come without changing the pinned

@@ -3,8 +3,10 @@
 //! and nowhere else.
 use crate::{
     csum,
-    hdr::{IP_DF, IPV4_HLEN, Ipv4Hdr},
+    hdr::{ETH_HLEN, IP_DF, IPV4_HLEN, Ipv4Hdr, VLAN_HLEN, ptr_at},
+    l2::L2,
 };
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::IPPROTO_IPIP;
 
 impl Ipv4Hdr {
@@ -54,4 +56,25 @@ pub fn outer(inner: &Ipv4Hdr, inner_len: u32, src: u32, dst: u32) -> Ipv4Hdr {
         src,
         dst,
     )
+}
+
+/// Strips an outer IPv4 header of `olen` bytes behind the link layer `l2`, keeping the Ethernet
+/// header (and its tag): the inner packet then looks as if it had arrived unencapsulated.
+#[inline(always)]
+pub fn decapsulate(ctx: &XdpContext, l2: L2, olen: usize) -> Option<()> {
+    // Save L2, move the start past the outer header, write L2 back.
+    let saved = unsafe { *(ptr_at::<[u8; ETH_HLEN + VLAN_HLEN]>(ctx, 0)?) };
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, olen as i32) } != 0 {
+        return None;
+    }
+    if l2.vlan {
+        let dst: *mut [u8; ETH_HLEN + VLAN_HLEN] = ptr_at(ctx, 0)?;
+        unsafe { *dst = saved };
+    } else {
+        let dst: *mut [u8; ETH_HLEN] = ptr_at(ctx, 0)?;
+        let mut eth = [0u8; ETH_HLEN];
+        eth.copy_from_slice(&saved[..ETH_HLEN]);
+        unsafe { *dst = eth };
+    }
+    Some(())
 }

@@ -25,6 +25,8 @@ pub struct ServiceSpec {
     pub port: u16,
     pub scheduler: &'static str,
     pub weights: Vec<u32>,
+    /// The reals' addresses, one per weight; empty: the bed's reals.
+    pub addrs: Vec<Ipv4Addr>,
     /// Extra `[[service]]` lines (persistence, on_failure, …).
     pub extra: String,
 }
@@ -64,10 +66,12 @@ impl DirectorDaemon {
                 s.extra
             );
             for (r, w) in s.weights.iter().enumerate() {
-                c += &format!(
-                    "[[service.real]]\naddress = \"{}\"\nweight = {w}\n",
-                    bed.real_addr(r + 1)
-                );
+                let addr = s
+                    .addrs
+                    .get(r)
+                    .copied()
+                    .unwrap_or_else(|| bed.real_addr(r + 1));
+                c += &format!("[[service.real]]\naddress = \"{addr}\"\nweight = {w}\n");
             }
         }
         if sync {
@@ -95,11 +99,13 @@ impl DirectorDaemon {
         services: &[ServiceSpec],
         sync: bool,
     ) -> Result<DirectorDaemon> {
-        Self::start_with(bed, i, services, sync, "")
+        let d = Self::start_with(bed, i, services, sync, "")?;
+        d.wait_checks()?;
+        Ok(d)
     }
 
-    /// [`DirectorDaemon::start`] with `extra` appended to the configuration file (e.g. an
-    /// `[announce]` section).
+    /// Starts the daemon of director `i` with `extra` appended to the configuration file (e.g.
+    /// an `[announce]` section), without waiting for its checks.
     pub fn start_with(
         bed: &TestBed,
         i: usize,
@@ -126,16 +132,22 @@ impl DirectorDaemon {
             pins,
         };
         d.spawn(bed, "daemon.log")?;
+        Ok(d)
+    }
+
+    /// Waits until every check has passed once.
+    pub fn wait_checks(&self) -> Result<()> {
         let start = Instant::now();
-        while !d.checks_pass() {
+        while !self.checks_pass() {
             ensure!(
                 start.elapsed() < Duration::from_secs(20),
-                "director {i}: the checks did not pass within 20 s:\n{}",
-                d.log("daemon.log")
+                "director {}: the checks did not pass within 20 s:\n{}",
+                self.index,
+                self.log("daemon.log")
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(d)
+        Ok(())
     }
 
     fn spawn(&mut self, bed: &TestBed, log: &str) -> Result<()> {

@@ -126,6 +126,7 @@ pub const ANNOUNCE: &str = "[announce]\ntable = 100\ndrain = \"1s\"\n";
 /// its BGP session.
 pub fn start_director(bed: &TestBed, i: usize, services: &[ServiceSpec]) -> Result<FleetDirector> {
     let daemon = DirectorDaemon::start_with(bed, i, services, true, ANNOUNCE)?;
+    daemon.wait_checks()?;
     let conf = bird_config(
         "director.conf",
         &[("DIRECTOR_ID", bed.director_n(i).addr().to_string())],
@@ -206,6 +207,11 @@ impl Keepalived {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("keepalived.log")).unwrap_or_default()
+    }
+
+    /// The main process (the leader of its process group).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     pub fn kill(&mut self) {

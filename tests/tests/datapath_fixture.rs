@@ -879,3 +879,108 @@ fn tunnel_probe_reply_gets_its_real_address_back() {
     assert_eq!((o.action, &o.data), (TC_ACT_OK, &other));
     assert_eq!(probe_counters(&probes), (0, 1));
 }
+
+// --- the two-node layout: a local real, and decapsulation for a peer director -------------
+
+/// A real at the director's own address (its tunnel source) gets the packet as it came, up
+/// this host's stack, without a tunnel to itself; the other real still gets it encapsulated.
+#[test]
+fn a_local_real_gets_the_packet_up_the_stack_unchanged() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(DIRECTOR, 1), (REAL1, 1)])])
+        .unwrap();
+    let (mut local, mut remote) = (0, 0);
+    for sport in 43000..43010u16 {
+        let frame = syn(sport);
+        let o = f.run(&frame).unwrap();
+        match o.action {
+            XDP_PASS => {
+                assert_eq!(o.data, frame, "a local real's packet is not touched");
+                local += 1;
+            }
+            XDP_TX => {
+                assert_eq!(outer_dst(&o.data), REAL1);
+                remote += 1;
+            }
+            a => panic!("action {a}"),
+        }
+        // Its later packets stay where the connection went.
+        let again = f.run(&ack(sport, b"x")).unwrap();
+        assert_eq!(again.action, o.action);
+    }
+    assert_eq!((local, remote), (5, 5));
+    assert_eq!(reason(&f.maps, Reason::PassLocalReal), 10);
+    let installed = f.maps.read().unwrap();
+    let local_slot = installed[0].real_slots[0];
+    assert_eq!(f.maps.real_stats(local_slot).unwrap().conns, 5);
+}
+
+fn ipip_from(src: Ipv4Addr, dst: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    let mut ip = expected_outer(inner, src, dst);
+    ip.extend_from_slice(inner);
+    ip
+}
+
+#[test]
+fn ipip_from_a_peer_director_is_decapsulated_for_our_vip_only() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(Scheduler::Rr, &[(DIRECTOR, 1), (REAL1, 1)])])
+        .unwrap();
+    let peer = REAL1;
+    lb_userspace::director::peers::write(f.pin_dir(), &[peer]).unwrap();
+    let inner = Ipv4::new(
+        CLIENT,
+        VIP,
+        6,
+        tcp(CLIENT, 44000, VIP, PORT, TCP_SYN, 1, b""),
+    )
+    .bytes();
+    let frame = eth(
+        f.mac,
+        REAL1_MAC,
+        ETH_P_IP,
+        &ipip_from(peer, DIRECTOR, &inner),
+    );
+    let o = f.run(&frame).unwrap();
+    assert_eq!(o.action, XDP_PASS);
+    assert_eq!(
+        o.data,
+        eth(f.mac, REAL1_MAC, ETH_P_IP, &inner),
+        "exactly the inner packet"
+    );
+    assert_eq!(reason(&f.maps, Reason::PassDecapsulated), 1);
+    // Decapsulated packets are never scheduled: no connection was made.
+    assert_eq!(reason(&f.maps, Reason::NewConn), 0);
+
+    // From a director that is not a peer: the stack's business, untouched.
+    let stranger = eth(
+        f.mac,
+        REAL2_MAC,
+        ETH_P_IP,
+        &ipip_from(REAL2, DIRECTOR, &inner),
+    );
+    let o = f.run(&stranger).unwrap();
+    assert_eq!((o.action, o.data), (XDP_PASS, stranger));
+    // From the peer but not to us: untouched too.
+    let elsewhere = eth(f.mac, REAL1_MAC, ETH_P_IP, &ipip_from(peer, REAL3, &inner));
+    let o = f.run(&elsewhere).unwrap();
+    assert_eq!((o.action, o.data), (XDP_PASS, elsewhere));
+    // From the peer, to us, but not for a VIP: dropped.
+    let other = Ipv4::new(
+        CLIENT,
+        REAL3,
+        6,
+        tcp(CLIENT, 44001, REAL3, PORT, TCP_SYN, 1, b""),
+    )
+    .bytes();
+    let o = f
+        .run(&eth(
+            f.mac,
+            REAL1_MAC,
+            ETH_P_IP,
+            &ipip_from(peer, DIRECTOR, &other),
+        ))
+        .unwrap();
+    assert_eq!(o.action, XDP_DROP);
+    assert_eq!(reason(&f.maps, Reason::DropDecapUnknownVip), 1);
+}

@@ -34,6 +34,7 @@ fn services() -> Vec<ServiceSpec> {
             port,
             scheduler,
             weights: vec![1, 1],
+            addrs: vec![],
             extra: String::new(),
         })
         .collect()

@@ -37,6 +37,7 @@ fn service(scheduler: &'static str, weights: Vec<u32>) -> Vec<ServiceSpec> {
         port: PORT,
         scheduler,
         weights,
+        addrs: vec![],
         extra: String::new(),
     }]
 }

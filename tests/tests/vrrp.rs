@@ -42,6 +42,7 @@ fn the_vip_moves_to_the_backup_and_connections_continue() {
         port: PORT,
         scheduler: "rr",
         weights: vec![1, 1],
+        addrs: vec![],
         extra: String::new(),
     }];
     let mut daemons = Vec::new();

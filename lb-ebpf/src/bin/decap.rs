@@ -7,7 +7,6 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
     maps::{HashMap, PerCpuArray},
     programs::XdpContext,
@@ -17,8 +16,8 @@ use lb_common::{
     DECAP_DROP_UNKNOWN_VIP, DECAP_PASS_OTHER, IPPROTO_IPIP, MAX_DECAP_ENTRIES,
 };
 use lb_ebpf::{
-    hdr::{ETH_HLEN, IPV4_HLEN, Ipv4Hdr, VLAN_HLEN, ptr_at},
-    l2,
+    hdr::{IPV4_HLEN, Ipv4Hdr, ptr_at},
+    ipip, l2,
 };
 
 /// Directors allowed to send us tunnelled packets (outer source, network byte order).
@@ -71,20 +70,7 @@ fn try_decap(ctx: &XdpContext) -> Result<(), (u32, u32)> {
         return Err((xdp_action::XDP_DROP, DECAP_DROP_UNKNOWN_VIP));
     }
 
-    // Keep the L2 header, drop the outer IP header: save L2, move the start, write L2 back.
-    let l2 = unsafe { *(ptr_at::<[u8; ETH_HLEN + VLAN_HLEN]>(ctx, 0).ok_or(MALFORMED)?) };
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, olen as i32) } != 0 {
-        return Err(MALFORMED);
-    }
-    if vlan {
-        let dst: *mut [u8; ETH_HLEN + VLAN_HLEN] = ptr_at(ctx, 0).ok_or(MALFORMED)?;
-        unsafe { *dst = l2 };
-    } else {
-        let dst: *mut [u8; ETH_HLEN] = ptr_at(ctx, 0).ok_or(MALFORMED)?;
-        let mut eth = [0u8; ETH_HLEN];
-        eth.copy_from_slice(&l2[..ETH_HLEN]);
-        unsafe { *dst = eth };
-    }
+    ipip::decapsulate(ctx, l2::L2 { l3, vlan }, olen).ok_or(MALFORMED)?;
     Ok(())
 }
 

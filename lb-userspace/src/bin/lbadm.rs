@@ -93,7 +93,7 @@ enum RealserverCmd {
         /// Interface that receives the tunnelled packets (default: the default route's).
         #[arg(long)]
         iface: Option<String>,
-        /// Directors whose IPIP packets are accepted (required with --decap xdp).
+        /// Directors whose IPIP packets are accepted (required with --decap xdp and director).
         #[arg(long, value_delimiter = ',')]
         director: Vec<Ipv4Addr>,
         #[arg(long, default_value = realserver::DEFAULT_SYSCTL_FILE)]
@@ -172,7 +172,7 @@ fn ipvsadm(args: &[String]) -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Realserver { cmd } => return run_realserver(cmd),
+        Cmd::Realserver { cmd } => return run_realserver(cmd, &cli.pin_dir),
         Cmd::Attach {
             iface,
             tunnel_source,
@@ -292,7 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_realserver(cmd: RealserverCmd) -> anyhow::Result<ExitCode> {
+fn run_realserver(cmd: RealserverCmd, pin_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     match cmd {
         RealserverCmd::Setup {
             vip,
@@ -311,6 +311,7 @@ fn run_realserver(cmd: RealserverCmd) -> anyhow::Result<ExitCode> {
                 sysctl_file,
                 state_file,
                 decap_pin_dir,
+                director_pin_dir: pin_dir.to_path_buf(),
             })?;
             for w in &r.warnings {
                 eprintln!("lbadm: warning: {w}");
@@ -349,6 +350,7 @@ fn run_realserver(cmd: RealserverCmd) -> anyhow::Result<ExitCode> {
                 iface,
                 state_file,
                 decap_pin_dir,
+                director_pin_dir: pin_dir.to_path_buf(),
             })?;
             let healthy = r.healthy(strict);
             if json {

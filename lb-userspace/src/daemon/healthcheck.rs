@@ -46,8 +46,14 @@ impl CheckTarget {
         check: &CheckConfig,
         probes: Result<&Arc<Probes>, &str>,
     ) -> Result<Self, String> {
+        // A real on the director's own address (the two-node layout) is served up the local
+        // stack, not through the tunnel: check it there.
+        let local = probes.is_ok_and(|p| p.source == real);
         match check.via {
             CheckVia::Direct => Ok(CheckTarget::Direct(SocketAddrV4::new(real, check.port))),
+            CheckVia::Tunnel if local => {
+                Ok(CheckTarget::Direct(SocketAddrV4::new(real, check.port)))
+            }
             CheckVia::Tunnel => Ok(CheckTarget::Tunnel {
                 vip,
                 real,

@@ -219,11 +219,13 @@ impl Maps {
                 .map_err(map_err("reading LB_TABLES"))?;
             live_tables.insert(s.slot, t);
         }
+        let src = self.config()?.tunnel_src;
         Ok(Snapshot {
             services,
             reals,
             live_tables,
             filter: self.read_filter()?,
+            local: (src != 0).then(|| addr(src)),
         })
     }
 

@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod datapath;
 pub mod layout;
 pub mod maps;
+pub mod peers;
 pub mod plan;
 pub mod scheduler;
 pub mod status;

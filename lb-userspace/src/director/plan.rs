@@ -19,8 +19,8 @@ use super::{
     table::{InstalledService, ServiceId, VirtualService},
 };
 use lb_common::{
-    MAX_REALS, MAX_SERVICES, REAL_F_IN_USE, Real, SCHED_SLOTS, SchedTable, Service, ServiceKey,
-    VIP_FILTER_WORDS, ip_be, vip_filter_bit,
+    MAX_REALS, MAX_SERVICES, REAL_F_IN_USE, REAL_F_LOCAL, Real, SCHED_SLOTS, SchedTable, Service,
+    ServiceKey, VIP_FILTER_WORDS, ip_be, vip_filter_bit,
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub live_tables: HashMap<u32, SchedTable>,
     /// The VIP pre-filter, [`VIP_FILTER_WORDS`] words.
     pub filter: Vec<u64>,
+    /// This director's own address (its tunnel source): a real there is local.
+    pub local: Option<Ipv4Addr>,
 }
 
 /// The writes that turn a [`Snapshot`] into the wanted table, in publication order.
@@ -203,18 +205,25 @@ pub fn plan(snap: &Snapshot, want: &[VirtualService]) -> Result<Plan, PlanError>
     for p in &placed {
         for (r, &(rslot, is_new)) in p.spec.reals.iter().zip(&p.reals) {
             let old = snap.reals.get(&rslot).copied().unwrap_or_default();
+            // A real on this host is served up its own stack (the two-node layout).
+            let flags = if snap.local == Some(r.addr) {
+                REAL_F_IN_USE | REAL_F_LOCAL
+            } else {
+                REAL_F_IN_USE
+            };
             let next = if is_new {
                 Real {
                     addr: ip_be(r.addr.octets()),
                     weight: r.weight,
                     service_id: p.slot,
                     generation: old.generation.wrapping_add(1),
-                    flags: REAL_F_IN_USE,
+                    flags,
                     _pad: 0,
                 }
             } else {
                 Real {
                     weight: r.weight,
+                    flags,
                     ..old
                 }
             };

@@ -70,6 +70,8 @@ pub struct CheckOptions {
     pub iface: Option<String>,
     pub state_file: PathBuf,
     pub decap_pin_dir: PathBuf,
+    /// This host's director data path (`--decap director`).
+    pub director_pin_dir: PathBuf,
 }
 
 pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
@@ -117,10 +119,14 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
             "lbadm realserver setup --decap xdp --director DIRECTOR --vip {vip_list} --iface {}",
             iface.name
         ),
+        DecapMode::Director => format!(
+            "lbadm realserver setup --decap director --director PEER --vip {vip_list} --iface {}",
+            iface.name
+        ),
     };
     let vip_dev = match decap {
         DecapMode::Tunl0 => TUNL0,
-        DecapMode::Xdp => "lo",
+        DecapMode::Xdp | DecapMode::Director => "lo",
     };
     let mut f = Vec::new();
 
@@ -144,7 +150,45 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
             Some(_) => {}
         },
         // bpffs is root-only: without root the pins cannot be seen, which says nothing.
-        DecapMode::Xdp if unsafe { libc::geteuid() } != 0 => {}
+        DecapMode::Xdp | DecapMode::Director if unsafe { libc::geteuid() } != 0 => {}
+        DecapMode::Director => {
+            let pin = &opts.director_pin_dir;
+            let peers = crate::director::peers::read(pin).ok();
+            let expected: Vec<Ipv4Addr> = st.as_ref().map(|s| s.directors.clone()).unwrap_or_default();
+            if !crate::director::datapath::is_attached(pin) {
+                f.push(Finding {
+                    code: "decap-missing",
+                    severity: Severity::Error,
+                    message: format!("--decap director, but no director data path is attached on this host (nothing pinned under {})", pin.display()),
+                    why: "in the two-node layout this host's director program decapsulates what the peer director sends its real; without it the peer's tunnelled packets are dropped (this kernel's stack has no tunl0 for them)".into(),
+                    fix: format!("lbadm attach --iface {}; then {setup_cmd}", iface.name),
+                });
+            } else if let Some(peers) = peers {
+                let missing: Vec<Ipv4Addr> = expected.iter().copied().filter(|p| !peers.contains(p)).collect();
+                if peers.is_empty() || !missing.is_empty() {
+                    f.push(Finding {
+                        code: "decap-missing",
+                        severity: Severity::Error,
+                        message: if peers.is_empty() {
+                            "this host's director decapsulates for no peer director".into()
+                        } else {
+                            format!("this host's director does not decapsulate IPIP from {}", join(&missing))
+                        },
+                        why: "while a peer director holds the VIP, it tunnels part of the connections to this host's real; the director program passes IPIP from unknown directors to the stack, which has no tunl0 for them".into(),
+                        fix: setup_cmd.clone(),
+                    });
+                }
+            }
+            if decap_attached(&opts.decap_pin_dir) {
+                f.push(Finding {
+                    code: "decap-conflict",
+                    severity: Severity::Error,
+                    message: format!("the XDP decapsulation program is pinned under {} beside this host's director", opts.decap_pin_dir.display()),
+                    why: "an interface runs one XDP program: in the two-node layout the director's program decapsulates, and a separate decapsulation program cannot be attached beside it".into(),
+                    fix: format!("lbadm realserver teardown, then {setup_cmd}"),
+                });
+            }
+        }
         DecapMode::Xdp => {
             if !decap_attached(&opts.decap_pin_dir) {
                 f.push(Finding {
@@ -262,14 +306,14 @@ pub fn check(opts: &CheckOptions) -> Result<CheckReport> {
     }
 
     let mut not_checked = Vec::new();
-    if decap == DecapMode::Xdp && unsafe { libc::geteuid() } != 0 {
+    if decap != DecapMode::Tunl0 && unsafe { libc::geteuid() } != 0 {
         not_checked.push(NotChecked {
             code: "decap-missing",
             reason: "not checked: the XDP decapsulation's pins on bpffs are readable by root only; run check as root".into(),
         });
     }
     match decap {
-        DecapMode::Xdp => not_checked.push(NotChecked {
+        DecapMode::Xdp | DecapMode::Director => not_checked.push(NotChecked {
             code: "ipip-blocked",
             reason: "not applicable: the XDP decapsulation runs before netfilter, so firewall rules never see IP protocol 4".into(),
         }),

@@ -50,6 +50,10 @@ pub enum DecapMode {
     Tunl0,
     /// lbadm's XDP decapsulation program (only accepts IPIP from the listed directors).
     Xdp,
+    /// This host's own lbadm director decapsulates (the two-node layout: every node a director
+    /// and a real server; one XDP program per interface plays both roles). Accepts IPIP only
+    /// from the listed peer directors.
+    Director,
 }
 
 impl DecapMode {
@@ -57,6 +61,7 @@ impl DecapMode {
         match self {
             DecapMode::Tunl0 => "tunl0",
             DecapMode::Xdp => "xdp",
+            DecapMode::Director => "director",
         }
     }
 }
@@ -181,6 +186,9 @@ pub struct State {
     pub tunl0_brought_up: bool,
     /// Setup attached the XDP decapsulation (it was not attached).
     pub xdp_attached: Option<XdpAttachment>,
+    /// Setup gave this host's director its peers (`--decap director`): its pin directory.
+    #[serde(default)]
+    pub director_peers: Option<PathBuf>,
     pub sysctl_file: PathBuf,
     /// The sysctl file's content before setup wrote it (None: it did not exist).
     pub sysctl_file_previous: Option<String>,
@@ -234,6 +242,9 @@ pub struct SetupOptions {
     pub sysctl_file: PathBuf,
     pub state_file: PathBuf,
     pub decap_pin_dir: PathBuf,
+    /// This host's director data path (`--decap director`, and to refuse `--decap xdp` beside
+    /// it).
+    pub director_pin_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -334,10 +345,27 @@ pub fn setup(opts: &SetupOptions) -> Result<SetupReport> {
     if vips.is_empty() {
         return Err(msg("no VIP given: pass --vip VIP[,VIP...]"));
     }
-    if opts.decap == DecapMode::Xdp && directors.is_empty() {
-        return Err(msg(
-            "--decap xdp needs --director ADDR (at least one): the XDP decapsulation only accepts tunnelled packets from listed directors",
-        ));
+    if opts.decap != DecapMode::Tunl0 && directors.is_empty() {
+        return Err(msg(format!(
+            "--decap {} needs --director ADDR (at least one): the decapsulation only accepts tunnelled packets from listed directors",
+            opts.decap.name()
+        )));
+    }
+    if opts.decap == DecapMode::Director
+        && !crate::director::datapath::is_attached(&opts.director_pin_dir)
+    {
+        return Err(msg(format!(
+            "--decap director needs this host's director data path, and none is attached under {}: `lbadm attach --iface IF` first (or --decap tunl0 / xdp on a host that is only a real server)",
+            opts.director_pin_dir.display()
+        )));
+    }
+    if opts.decap == DecapMode::Xdp
+        && crate::director::datapath::is_attached(&opts.director_pin_dir)
+    {
+        return Err(msg(format!(
+            "this host runs an lbadm director (pinned under {}), whose XDP program the decapsulation program cannot sit beside: use --decap director (the director decapsulates for this host's real)",
+            opts.director_pin_dir.display()
+        )));
     }
     let nl = Rtnl::new()?;
     let iface = receiving_iface(&nl, opts.iface.as_deref())?;
@@ -362,6 +390,7 @@ pub fn setup(opts: &SetupOptions) -> Result<SetupReport> {
         addrs: vec![],
         tunl0_brought_up: false,
         xdp_attached: None,
+        director_peers: None,
         sysctl_file: opts.sysctl_file.clone(),
         sysctl_file_previous: None,
         sysctl_file_written: false,
@@ -408,6 +437,21 @@ fn setup_steps(
                 rep.changes.push("brought tunl0 up".into());
             }
             tunl0
+        }
+        DecapMode::Director => {
+            let pin = &opts.director_pin_dir;
+            let have = crate::director::peers::read(pin).map_err(|e| msg(e.to_string()))?;
+            if have != directors.iter().copied().collect() {
+                crate::director::peers::write(pin, directors).map_err(|e| msg(e.to_string()))?;
+                rep.changes.push(format!(
+                    "this host's director (pinned under {}) now decapsulates IPIP from {}",
+                    pin.display(),
+                    join(directors)
+                ));
+            }
+            st.director_peers = Some(pin.clone());
+            nl.link("lo")?
+                .ok_or_else(|| msg("this namespace has no `lo`"))?
         }
         DecapMode::Xdp => {
             let pin = &opts.decap_pin_dir;
@@ -649,6 +693,13 @@ pub fn teardown(state_file: &Path, sysctl_file: Option<&Path>) -> Result<Teardow
             Err(e) => return Err(e),
         }
     }
+    if let Some(pin) = &st.director_peers
+        && crate::director::datapath::is_attached(pin)
+    {
+        crate::director::peers::write(pin, &[]).map_err(|e| msg(e.to_string()))?;
+        rep.changes
+            .push("this host's director no longer decapsulates for peers".into());
+    }
     if st.tunl0_brought_up
         && let Some(l) = nl.link(TUNL0)?
     {
@@ -743,6 +794,7 @@ mod tests {
                 iface: "eth0".into(),
                 pin_dir: "/sys/fs/bpf/x".into(),
             }),
+            director_peers: None,
             sysctl_file: "/etc/sysctl.d/90-lbadm-realserver.conf".into(),
             sysctl_file_previous: None,
             sysctl_file_written: true,

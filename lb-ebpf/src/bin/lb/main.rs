@@ -4,7 +4,8 @@
 //! `schedule::lookup_service` + `schedule::pick` + `conntrack::record` → `encap::encapsulate`
 //! (next hop, outer header, way out) → counted here. Every step returns a `Result`; the entry
 //! point turns the outcome into one XDP action and one reason counter. `icmp` answers and
-//! forwards ICMP errors; `tc` holds the two TC programs; `maps` every map.
+//! forwards ICMP errors; `peer` decapsulates for this host's own real (two-node layout); `tc`
+//! holds the two TC programs; `maps` every map.
 #![no_std]
 #![no_main]
 
@@ -12,6 +13,7 @@ mod conntrack;
 mod encap;
 mod icmp;
 mod maps;
+mod peer;
 mod schedule;
 mod tc;
 
@@ -19,7 +21,7 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use lb_common::{ConnKey, IPPROTO_TCP, IPPROTO_UDP, Reason};
+use lb_common::{ConnKey, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, REAL_F_LOCAL, Reason};
 use lb_ebpf::{
     hdr::{
         ICMP_PORT_UNREACH, IP_MF, IP_OFFMASK, IPPROTO_ICMP, IPV4_HLEN, Ipv4Hdr, TcpHdr, UdpHdr,
@@ -89,6 +91,12 @@ impl Packet {
     pub fn l4_off(&self) -> usize {
         (lb_ebpf::opaque((self.l3 + self.ihl) as u32) & 0x7f) as usize
     }
+
+    /// IPv4 header length: 20..=60.
+    #[inline(always)]
+    pub fn ihl(&self) -> usize {
+        (lb_ebpf::opaque(self.ihl as u32) & 0x3f) as usize
+    }
 }
 
 #[inline(always)]
@@ -98,6 +106,9 @@ fn try_lb(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // connection, so all of them go to the stack (TCP sets DF and never fragments).
     if pkt.frag_off & (IP_MF | IP_OFFMASK) != 0 {
         return Err(pass(Reason::PassFragment));
+    }
+    if pkt.proto == IPPROTO_IPIP {
+        return peer::decapsulate(ctx, &pkt);
     }
     if !maybe_vip(pkt.daddr) {
         return Err(pass(Reason::PassNotService));
@@ -215,10 +226,18 @@ fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
         }
     };
 
-    let fwd = encap::encapsulate(ctx, pkt, real_id, &real, now)?;
+    // This host's own real (two-node layout): up the stack as it came, no tunnel to itself.
+    let fwd = if real.flags & REAL_F_LOCAL != 0 {
+        pass(Reason::PassLocalReal)
+    } else {
+        encap::encapsulate(ctx, pkt, real_id, &real, now)?
+    };
     let forwarded = matches!(
         fwd.reason,
-        Reason::TxForwarded | Reason::RedirectForwarded | Reason::PassNoNeigh
+        Reason::TxForwarded
+            | Reason::RedirectForwarded
+            | Reason::PassNoNeigh
+            | Reason::PassLocalReal
     );
     if forwarded {
         // Every event but an existing connection's packet opened a connection on this real.

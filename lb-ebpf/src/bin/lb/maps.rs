@@ -5,9 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    CONFIG_F_SYNC, Config, Conn, ConnKey, Counters, MAX_CONNS, MAX_PERSIST, MAX_PROBES, MAX_REALS,
-    MAX_SERVICES, Meta, NextHop, Persist, PersistKey, Probe, ProbeKey, REASON_SLOTS, Real, Reason,
-    SYNC_RING_BYTES, SchedTable, Service, ServiceKey, SyncEvent, VIP_FILTER_WORDS, vip_filter_bit,
+    CONFIG_F_SYNC, Config, Conn, ConnKey, Counters, MAX_CONNS, MAX_PEERS, MAX_PERSIST, MAX_PROBES,
+    MAX_REALS, MAX_SERVICES, Meta, NextHop, Persist, PersistKey, Probe, ProbeKey, REASON_SLOTS,
+    Real, Reason, SYNC_RING_BYTES, SchedTable, Service, ServiceKey, SyncEvent, VIP_FILTER_WORDS,
+    vip_filter_bit,
 };
 
 #[map(name = "LB_SERVICES")]
@@ -48,6 +49,10 @@ pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::pinned(MAX_REALS, 0);
 
 #[map(name = "LB_PROBES")]
 pub static PROBES: HashMap<ProbeKey, Probe> = HashMap::pinned(MAX_PROBES, 0);
+
+/// Peer directors (outer source address, wire order) whose IPIP this host decapsulates.
+#[map(name = "LB_PEERS")]
+pub static PEERS: HashMap<u32, u8> = HashMap::pinned(MAX_PEERS, 0);
 
 /// The layout record (userspace only: upgrades read it; the programs never do).
 #[map(name = "LB_META")]

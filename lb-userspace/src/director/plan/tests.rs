@@ -112,6 +112,7 @@ fn apply(snap: &Snapshot, plan: &Plan) -> Snapshot {
         reals,
         live_tables,
         filter,
+        local: snap.local,
     }
 }
 
@@ -269,4 +270,34 @@ fn maglev_moves_little_more_than_the_removed_reals_share() {
         (moved as f64) <= share + len as f64 * 0.03,
         "{moved} slots moved, more than 1/{n} of {len} plus 3 %"
     );
+}
+
+#[test]
+fn a_real_at_the_directors_own_address_is_local() {
+    let me = Ipv4Addr::new(10, 0, 1, 11);
+    let snap = Snapshot {
+        local: Some(me),
+        ..empty()
+    };
+    let (p, after) = step(&snap, &[svc(1, Scheduler::Rr, &[(11, 1), (12, 1)])]);
+    let flags: Vec<(Ipv4Addr, u32)> = p
+        .reals
+        .iter()
+        .map(|(_, r, _)| (crate::director::table::addr(r.addr), r.flags))
+        .collect();
+    assert_eq!(
+        flags,
+        vec![
+            (me, REAL_F_IN_USE | REAL_F_LOCAL),
+            (Ipv4Addr::new(10, 0, 1, 12), REAL_F_IN_USE)
+        ]
+    );
+    // The tunnel source moves: the flag follows, nothing else changes.
+    let moved = Snapshot {
+        local: Some(Ipv4Addr::new(10, 0, 1, 12)),
+        ..after
+    };
+    let p = plan(&moved, &[svc(1, Scheduler::Rr, &[(11, 1), (12, 1)])]).unwrap();
+    assert_eq!(p.reals.len(), 2);
+    assert!(p.tables.is_empty() && p.services.is_empty());
 }

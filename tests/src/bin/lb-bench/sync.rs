@@ -35,6 +35,7 @@ pub fn bench() -> Result<()> {
         port: PORT,
         scheduler: "rr",
         weights: vec![1, 1],
+        addrs: vec![],
         extra: String::new(),
     }];
     let d1 = DirectorDaemon::start(&bed, 1, &svc, true)?;

@@ -21,23 +21,31 @@ use std::{
     time::{Duration, Instant},
 };
 
-struct Args {
-    seconds: u64,
-    threads: u32,
+mod ha;
+
+pub struct Args {
+    pub seconds: u64,
+    pub threads: u32,
+    /// The director tier instead: three directors behind a BIRD router, one killed midway.
+    pub ha: bool,
 }
 
 fn args() -> Result<Args> {
     let mut a = Args {
         seconds: 40,
         threads: 8,
+        ha: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
             "--seconds" => a.seconds = it.next().context("--seconds N")?.parse()?,
             "--threads" => a.threads = it.next().context("--threads N")?.parse()?,
+            "--ha" => a.ha = true,
             "-h" | "--help" => {
-                println!("lb-demo [--seconds N (40, at least 20)] [--threads N (8)]");
+                println!(
+                    "lb-demo [--seconds N (40, at least 20)] [--threads N (8)] [--ha (a director tier: three directors behind a BIRD router, one killed midway and brought back)]"
+                );
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other} (try --help)"),
@@ -52,6 +60,9 @@ fn main() -> Result<()> {
     lb_userspace::sys::host::ensure_root()?;
     let stop = Arc::new(AtomicBool::new(false));
     ctrlc_flag(stop.clone())?;
+    if a.ha {
+        return ha::run(&a, &stop);
+    }
     let started = Instant::now();
 
     println!("== lbadm demo: sysbench through an lbadm director to two MariaDB real servers ==\n");

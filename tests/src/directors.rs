@@ -27,6 +27,8 @@ pub struct ServiceSpec {
     pub weights: Vec<u32>,
     /// The reals' addresses, one per weight; empty: the bed's reals.
     pub addrs: Vec<Ipv4Addr>,
+    /// The check type (`tcp`, `none`, …), through the tunnel every 500 ms.
+    pub check: &'static str,
     /// Extra `[[service]]` lines (persistence, on_failure, …).
     pub extra: String,
 }
@@ -59,11 +61,12 @@ impl DirectorDaemon {
         for s in services {
             c += &format!(
                 "[[service]]\nvip = \"{}\"\nport = {}\nscheduler = \"{}\"\n{}\n\
-                 [service.check]\ntype = \"tcp\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\n",
+                 [service.check]\ntype = \"{}\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\n",
                 bed.vip(),
                 s.port,
                 s.scheduler,
-                s.extra
+                s.extra,
+                s.check
             );
             for (r, w) in s.weights.iter().enumerate() {
                 let addr = s

@@ -433,8 +433,7 @@ impl Netns {
                 let main = m.header.table == RouteHeader::RT_TABLE_MAIN;
                 let to_dst = m
                     .attributes
-                    .iter()
-                    .any(|a| *a == RouteAttribute::Destination(RouteAddress::Inet(dst)));
+                    .contains(&RouteAttribute::Destination(RouteAddress::Inet(dst)));
                 if !main || m.header.destination_prefix_length != 32 || !to_dst {
                     continue;
                 }

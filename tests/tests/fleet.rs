@@ -35,6 +35,7 @@ fn services() -> Vec<ServiceSpec> {
             scheduler,
             weights: vec![1, 1],
             addrs: vec![],
+            check: "tcp",
             extra: String::new(),
         })
         .collect()

@@ -38,6 +38,7 @@ fn service(scheduler: &'static str, weights: Vec<u32>) -> Vec<ServiceSpec> {
         scheduler,
         weights,
         addrs: vec![],
+        check: "tcp",
         extra: String::new(),
     }]
 }

@@ -55,6 +55,7 @@ fn each_node_directs_and_serves_and_the_vip_moves_without_loss_or_loops() {
         scheduler: "rr",
         weights: vec![1, 1],
         addrs: nodes.clone(),
+        check: "tcp",
         extra: String::new(),
     }];
     // Each node: its director (the daemon attaches the data path), then the real-server side

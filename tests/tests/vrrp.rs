@@ -43,6 +43,7 @@ fn the_vip_moves_to_the_backup_and_connections_continue() {
         scheduler: "rr",
         weights: vec![1, 1],
         addrs: vec![],
+        check: "tcp",
         extra: String::new(),
     }];
     let mut daemons = Vec::new();

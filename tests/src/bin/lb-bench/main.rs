@@ -24,6 +24,7 @@ use lb_userspace::director::{
 };
 use std::{net::Ipv4Addr, os::fd::AsFd};
 
+mod fleet;
 mod health;
 mod mysql;
 mod pps;
@@ -60,8 +61,8 @@ struct Args {
     baseline: Option<std::path::PathBuf>,
 }
 
-const SECTIONS: [&str; 8] = [
-    "datapath", "cli", "health", "pps", "mysql", "failover", "sync", "upgrade",
+const SECTIONS: [&str; 9] = [
+    "datapath", "cli", "health", "pps", "mysql", "failover", "sync", "upgrade", "fleet",
 ];
 
 fn parse_args() -> Result<Args> {
@@ -134,6 +135,10 @@ fn main() -> Result<()> {
     }
     if run("upgrade") {
         upgrade::bench()?;
+        println!();
+    }
+    if run("fleet") {
+        fleet::bench()?;
         println!();
     }
     Ok(())

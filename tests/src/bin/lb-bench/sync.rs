@@ -36,6 +36,7 @@ pub fn bench() -> Result<()> {
         scheduler: "rr",
         weights: vec![1, 1],
         addrs: vec![],
+        check: "tcp",
         extra: String::new(),
     }];
     let d1 = DirectorDaemon::start(&bed, 1, &svc, true)?;

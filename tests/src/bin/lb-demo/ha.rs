@@ -64,6 +64,7 @@ pub fn run(a: &Args, stop: &AtomicBool) -> Result<()> {
         scheduler: "wrr",
         weights: vec![1, 1],
         addrs: vec![],
+        check: "tcp",
         extra: String::new(),
     }];
     let mut directors: Vec<FleetDirector> = (1..=3)

@@ -229,3 +229,37 @@ fn sync_text(out: &mut String, s: &SyncStatus) {
         &lags,
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_metrics_are_well_formed() {
+        let s: SyncStatus = serde_json::from_value(serde_json::json!({
+            "listen": "198.18.0.2:8849", "ready": true, "ready_reason": "full sync",
+            "peers": [{"address": "198.18.0.3:8849", "last_contact": 1800000000.5,
+                       "received": 3, "rejected": 1}],
+            "sent_messages": 2, "sent_entries": 7, "sent_bytes": 400, "received_messages": 3,
+            "received_entries": 9, "received_bytes": 500, "installed": 8, "unsendable": 0,
+            "rejected": {"bad_tag": 1}, "lag_p50_ms": 0.5, "lag_p99_ms": 4.0
+        }))
+        .unwrap();
+        let mut out = String::new();
+        sync_text(&mut out, &s);
+        for want in [
+            "lbadm_sync_ready 1",
+            "lbadm_sync_sent_entries_total 7",
+            "lbadm_sync_rejected_total{reason=\"bad_tag\"} 1",
+            "lbadm_sync_peer_last_contact_seconds{peer=\"198.18.0.3:8849\"} 1800000000.5",
+            "lbadm_sync_lag_seconds{quantile=\"0.99\"} 0.004",
+        ] {
+            assert!(out.lines().any(|l| l == want), "{want} missing:\n{out}");
+        }
+        // Every sample line: a name, optional labels, one number.
+        for l in out.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = l.rsplit_once(' ').unwrap();
+            v.parse::<f64>().unwrap_or_else(|_| panic!("{l}"));
+        }
+    }
+}

@@ -72,7 +72,7 @@ pub const IPV6_UNSUPPORTED: &str = "Operation not supported with specified addre
 pub const SET_UNSUPPORTED: &str =
     "--set is not supported: the data path uses IPVS's default timeouts (900 120 300)";
 /// `--start-daemon`, `--stop-daemon`: parsed, then refused by the executor with this (exit 2).
-pub const DAEMON_UNSUPPORTED: &str = "the connection synchronisation daemon is not supported: each director keeps its own connection table";
+pub const DAEMON_UNSUPPORTED: &str = "ipvsadm's connection synchronisation daemon is not supported: lbadm directors sync their connections through `lbadm daemon` ([sync] in its configuration file)";
 
 /// Every ipvsadm option this director refuses, with the text it is refused with: the support
 /// table of the README. All are exit 2 except IPv6 addresses (255). The last three are parsed

@@ -17,7 +17,8 @@ use std::{
 
 /// The UDP port the directors sync on.
 pub const SYNC_PORT: u16 = 8849;
-const SYNC_KEY: &str = "test-sync-key-0123456789abcdef";
+/// The key every test director shares (written to its `key_file`).
+pub const SYNC_KEY: &str = "test-sync-key-0123456789abcdef";
 
 /// What one director's daemon serves.
 #[derive(Clone, Debug)]

@@ -6,7 +6,7 @@
 
 use lb_tests::{
     assertions::wait_until,
-    directors::{DirectorDaemon, SYNC_PORT, ServiceSpec},
+    directors::{DirectorDaemon, SYNC_KEY, SYNC_PORT, ServiceSpec},
     held::{Held, Tally},
     lbbed::Decap,
     testbed::{TestBed, TestBedOpts},
@@ -240,6 +240,56 @@ fn the_sync_socket_refuses_strangers_forgeries_and_replays() {
         r["unknown_peer"].as_u64() >= Some(1) && r["bad_tag"].as_u64() >= Some(1)
     });
     assert_eq!(d1.connections().unwrap(), before, "nothing installed");
+    // A peer's entries are installed as the data path treats its own: one for a real at weight
+    // 0 (quiesced: its connections carry on) is installed, one for a real this director does
+    // not have is refused.
+    let o = lb_tests::assertions::lbadm_in(
+        bed.director_n(1).ns(),
+        &d1.pin_dir(),
+        &[
+            "-e",
+            "-t",
+            "198.18.0.100:7000",
+            "-r",
+            "198.18.0.12",
+            "-w",
+            "0",
+        ],
+    );
+    assert!(o.status.success(), "{:?}", lb_tests::assertions::text(&o));
+    let quiesced = entry(&bed, bed.real_addr(2), 5001);
+    let gone = entry(&bed, std::net::Ipv4Addr::new(198, 18, 0, 99), 5002);
+    let valid = signed(&bed, vec![quiesced, gone], SYNC_KEY.as_bytes());
+    let send_valid = || {
+        bed.director_n(2)
+            .ns()
+            .run(|| {
+                let s = UdpSocket::bind("0.0.0.0:0")?;
+                s.send_to(&valid, target)
+            })
+            .unwrap()
+    };
+    send_valid();
+    wait_until("the unknown real refused", Duration::from_secs(5), || {
+        d1.sync()["rejected"]["unknown_real"].as_u64() >= Some(1)
+    });
+    let maps = lb_userspace::director::Maps::open(&d1.pin_dir()).unwrap();
+    let has = |port: u16| {
+        maps.conns
+            .keys()
+            .flatten()
+            .any(|k| u16::from_be(k.sport) == port)
+    };
+    assert!(
+        has(5001),
+        "the quiesced real's connection was not installed"
+    );
+    assert!(!has(5002));
+    // The same datagram again is a replay.
+    send_valid();
+    wait_until("the replay refused", Duration::from_secs(5), || {
+        d1.sync()["rejected"]["replayed"].as_u64() >= Some(1)
+    });
     let st = lb_userspace::daemon::status::Status::read(&d1.files.0.join("status.json")).unwrap();
     let text = st.render(std::path::Path::new("status.json"), st.updated);
     assert!(
@@ -249,33 +299,48 @@ fn the_sync_socket_refuses_strangers_forgeries_and_replays() {
     assert!(text.contains("bad_tag 1"), "{text}");
 }
 
-/// A valid-looking entries message signed with a key nobody configured.
-fn forged_message(bed: &TestBed) -> Vec<u8> {
-    use lb_userspace::daemon::sync::wire::{self, Entry, Kind, Message};
+use lb_userspace::daemon::sync::wire::{self, Entry, Kind, Message};
+
+/// An established connection from the client's `port` to the VIP, on `real`.
+fn entry(bed: &TestBed, real: std::net::Ipv4Addr, port: u16) -> Entry {
+    Entry {
+        client: bed.client_addr(),
+        vip: bed.vip(),
+        real,
+        client_port: port,
+        vport: PORT,
+        proto: 6,
+        state: 2,
+        flags: 0,
+        age_ms: 0,
+    }
+}
+
+/// An entries message from director 2's address (a new epoch of it), signed with `key`.
+fn signed(bed: &TestBed, entries: Vec<Entry>, key: &[u8]) -> Vec<u8> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     wire::encode(
         &Message {
             kind: Kind::Entries,
-            sender: bed.client_addr(),
+            sender: DirectorDaemon::addr(bed, 2),
             epoch: now.as_nanos() as u64,
             seq: 1,
             sent_ms: now.as_millis() as u64,
             nonce: 0,
             total: 0,
-            entries: vec![Entry {
-                client: bed.client_addr(),
-                vip: bed.vip(),
-                real: bed.real_addr(2),
-                client_port: 4242,
-                vport: PORT,
-                proto: 6,
-                state: 2,
-                flags: 0,
-                age_ms: 0,
-            }],
+            entries,
         },
+        key,
+    )
+}
+
+/// A valid-looking entries message signed with a key nobody configured.
+fn forged_message(bed: &TestBed) -> Vec<u8> {
+    signed(
+        bed,
+        vec![entry(bed, bed.real_addr(2), 4242)],
         b"not the key anyone configured!!!",
     )
 }

@@ -145,7 +145,7 @@ pub fn bench_wrapper(ctx: XdpContext) -> u32 {
 fn restore(ctx: &XdpContext) -> Option<()> {
     let t = TEMPLATE.get(0)?;
     let want = t.len as usize;
-    if want > TEMPLATE_MAX || want < ETH_HLEN {
+    if !(ETH_HLEN..=TEMPLATE_MAX).contains(&want) {
         return None;
     }
     // The programs under test leave the frame as it was or 20 bytes longer at the front.

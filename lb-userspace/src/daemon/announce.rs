@@ -17,10 +17,8 @@
 
 use crate::{
     daemon::config::{ConfigError, Dur, ErrAt},
-    sys::netlink::{RTPROT_LBADM, host_route_message},
+    sys::netlink,
 };
-use futures::TryStreamExt as _;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 use toml::Spanned;
@@ -156,7 +154,7 @@ impl Announcer {
             return;
         }
         let table = self.cfg.table;
-        let present = match self.routes().await {
+        let present = match netlink::host_routes(&self.handle, table).await {
             Ok(p) => p,
             Err(e) => return warn!(table, "announce: reading the table: {e}"),
         };
@@ -164,8 +162,12 @@ impl Announcer {
             let d = decide(c, quorum(vip));
             let changed = self.state.get(&vip) != Some(&d);
             let result = match d {
-                Ok(()) if !present.contains(&vip) => self.add(vip).await,
-                Err(_) if present.contains(&vip) => self.del(vip).await,
+                Ok(()) if !present.contains(&vip) => {
+                    netlink::add_host_route(&self.handle, table, vip).await
+                }
+                Err(_) if present.contains(&vip) => {
+                    netlink::del_host_route(&self.handle, table, vip).await
+                }
                 _ => Ok(()),
             };
             match (&result, changed) {
@@ -182,7 +184,7 @@ impl Announcer {
         }
         for stale in present.iter().filter(|p| !vips.contains(p)) {
             info!(vip = %stale, table, "withdrawing a VIP no service has any more");
-            if let Err(e) = self.del(*stale).await {
+            if let Err(e) = netlink::del_host_route(&self.handle, table, *stale).await {
                 warn!(vip = %stale, table, "announce: {e}");
             }
             self.state.remove(stale);
@@ -202,54 +204,6 @@ impl Announcer {
                 })
                 .collect(),
         }
-    }
-
-    async fn routes(&self) -> Result<Vec<Ipv4Addr>, rtnetlink::Error> {
-        let mut s = self
-            .handle
-            .route()
-            .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        let mut out = Vec::new();
-        while let Some(m) = s.try_next().await? {
-            if m.header.destination_prefix_length != 32
-                || m.header.protocol != RouteProtocol::Other(RTPROT_LBADM)
-            {
-                continue;
-            }
-            let mut t = m.header.table as u32;
-            let mut dst = None;
-            for a in &m.attributes {
-                match a {
-                    RouteAttribute::Table(x) => t = *x,
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-                    _ => {}
-                }
-            }
-            if t == self.cfg.table
-                && let Some(d) = dst
-            {
-                out.push(d);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn add(&self, vip: Ipv4Addr) -> Result<(), rtnetlink::Error> {
-        self.handle
-            .route()
-            .add(host_route_message(self.cfg.table, vip))
-            .replace()
-            .execute()
-            .await
-    }
-
-    async fn del(&self, vip: Ipv4Addr) -> Result<(), rtnetlink::Error> {
-        self.handle
-            .route()
-            .del(host_route_message(self.cfg.table, vip))
-            .execute()
-            .await
     }
 }
 

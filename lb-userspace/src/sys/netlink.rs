@@ -82,6 +82,64 @@ pub fn host_route_message(table: u32, addr: Ipv4Addr) -> RouteMessage {
         .build()
 }
 
+/// The destination of `m` if it is one of lbadm's host routes in `table`.
+pub fn our_host_route(m: &RouteMessage, table: u32) -> Option<Ipv4Addr> {
+    if m.header.destination_prefix_length != 32
+        || m.header.protocol != RouteProtocol::Other(RTPROT_LBADM)
+    {
+        return None;
+    }
+    let mut t = m.header.table as u32;
+    let mut dst = None;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Table(x) => t = *x,
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+            _ => {}
+        }
+    }
+    dst.filter(|_| t == table)
+}
+
+// The announced routes are kept by the daemon, inside its own runtime, hence async on its
+// handle rather than methods of [`Rtnl`].
+
+/// The /32 destinations of lbadm's routes in `table`.
+pub async fn host_routes(h: &rtnetlink::Handle, table: u32) -> Result<Vec<Ipv4Addr>> {
+    let mut s = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut out = Vec::new();
+    while let Some(m) = s.try_next().await.map_err(nl("listing routes"))? {
+        out.extend(our_host_route(&m, table));
+    }
+    Ok(out)
+}
+
+/// Adds (or keeps) `addr/32 dev lo` in `table`.
+pub async fn add_host_route(h: &rtnetlink::Handle, table: u32, addr: Ipv4Addr) -> Result<()> {
+    h.route()
+        .add(host_route_message(table, addr))
+        .replace()
+        .execute()
+        .await
+        .map_err(nl(format!("adding {addr}/32 to table {table}")))
+}
+
+/// Removes `addr/32` from `table`; a route already gone is fine.
+pub async fn del_host_route(h: &rtnetlink::Handle, table: u32, addr: Ipv4Addr) -> Result<()> {
+    match h
+        .route()
+        .del(host_route_message(table, addr))
+        .execute()
+        .await
+    {
+        Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
+        r => r.map_err(nl(format!("removing {addr}/32 from table {table}"))),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Link {
     pub index: u32,
@@ -277,69 +335,6 @@ impl Rtnl {
         })
     }
 
-    /// The /32 destinations of lbadm's routes in `table`.
-    pub fn table_host_routes(&self, table: u32) -> Result<Vec<Ipv4Addr>> {
-        self.rt.block_on(async {
-            let mut s = self
-                .handle
-                .route()
-                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                .execute();
-            let mut out = Vec::new();
-            while let Some(m) = s.try_next().await.map_err(nl("listing routes"))? {
-                if m.header.destination_prefix_length != 32
-                    || m.header.protocol != RouteProtocol::Other(RTPROT_LBADM)
-                {
-                    continue;
-                }
-                let mut t = m.header.table as u32;
-                let mut dst = None;
-                for a in &m.attributes {
-                    match a {
-                        RouteAttribute::Table(x) => t = *x,
-                        RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-                        _ => {}
-                    }
-                }
-                if t == table
-                    && let Some(d) = dst
-                {
-                    out.push(d);
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    /// Adds (or keeps) `addr/32 dev lo` in `table`.
-    pub fn add_host_route(&self, table: u32, addr: Ipv4Addr) -> Result<()> {
-        self.rt.block_on(async {
-            self.handle
-                .route()
-                .add(host_route_message(table, addr))
-                .replace()
-                .execute()
-                .await
-                .map_err(nl(format!("adding {addr}/32 to table {table}")))
-        })
-    }
-
-    /// Removes `addr/32` from `table`; a route already gone is fine.
-    pub fn del_host_route(&self, table: u32, addr: Ipv4Addr) -> Result<()> {
-        self.rt.block_on(async {
-            match self
-                .handle
-                .route()
-                .del(host_route_message(table, addr))
-                .execute()
-                .await
-            {
-                Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
-                r => r.map_err(nl(format!("removing {addr}/32 from table {table}"))),
-            }
-        })
-    }
-
     /// Creates a link (RTM_NEWLINK with NLM_F_CREATE|NLM_F_EXCL).
     pub fn add_link(&self, msg: LinkMessage, what: &str) -> Result<()> {
         self.rt
@@ -402,6 +397,25 @@ mod tests {
                     Ipv4Addr::new(198, 18, 0, 100)
                 )))
         );
+    }
+
+    #[test]
+    fn only_our_host_routes_in_the_table_are_ours() {
+        let vip = Ipv4Addr::new(198, 18, 0, 100);
+        let ours = host_route_message(1000, vip);
+        assert_eq!(our_host_route(&ours, 1000), Some(vip));
+        // The kernel reports a table above 255 as RT_TABLE_COMPAT (252) in the header and the
+        // real one in RTA_TABLE.
+        let mut dumped = ours.clone();
+        dumped.header.table = 252;
+        assert_eq!(our_host_route(&dumped, 1000), Some(vip));
+        assert_eq!(our_host_route(&dumped, 252), None);
+        let mut static_route = ours.clone();
+        static_route.header.protocol = RouteProtocol::Static;
+        assert_eq!(our_host_route(&static_route, 1000), None);
+        let mut subnet = ours;
+        subnet.header.destination_prefix_length = 24;
+        assert_eq!(our_host_route(&subnet, 1000), None);
     }
 
     #[test]

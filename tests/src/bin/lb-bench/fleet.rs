@@ -2,6 +2,7 @@
 //! without it (BGP hold timer), and the forwarded packet rate through one director against
 //! three behind the ECMP router, on this machine.
 
+use crate::sink::Sinks;
 use anyhow::{Context as _, Result};
 use lb_tests::{
     directors::ServiceSpec,
@@ -11,10 +12,6 @@ use lb_tests::{
 };
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -94,22 +91,7 @@ pub fn bench() -> Result<()> {
         .collect::<Result<_>>()?;
     let addrs: Vec<Ipv4Addr> = bed.director_addrs();
     wait_nexthops(&bed, &addrs, Duration::from_secs(30))?;
-    let received = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut sinks = Vec::new();
-    for i in 1..=2 {
-        let sock = bed.real(i).run(|| UdpSocket::bind(("0.0.0.0", PORT)))?;
-        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let (received, stop) = (received.clone(), stop.clone());
-        sinks.push(thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                if sock.recv(&mut buf).is_ok() {
-                    received.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let sinks = Sinks::start(&bed, PORT)?;
     let vip = SocketAddrV4::new(bed.vip(), PORT);
     let senders: Vec<UdpSocket> = (0..FLOWS)
         .map(|_| {
@@ -125,7 +107,7 @@ pub fn bench() -> Result<()> {
             d.bird.kill();
         }
         wait_nexthops(&bed, &addrs[..keep], Duration::from_secs(30))?;
-        let before = received.load(Ordering::Relaxed);
+        let before = sinks.received();
         let t = Instant::now();
         let mut sent = 0u64;
         let payload = [0u8; 64];
@@ -138,7 +120,7 @@ pub fn bench() -> Result<()> {
         }
         let secs = t.elapsed().as_secs_f64();
         thread::sleep(Duration::from_millis(300));
-        let got = received.load(Ordering::Relaxed) - before;
+        let got = sinks.received() - before;
         println!(
             "  {label:<16} {FLOWS} UDP flows, {:>8.0} datagrams/s sent, {:>8.0}/s reached the reals",
             sent as f64 / secs,
@@ -150,9 +132,5 @@ pub fn bench() -> Result<()> {
         "  three directors / one: {:.2} x (two vCPUs carry the client, the router, the directors and the reals alike)",
         rates[0] / rates[1]
     );
-    stop.store(true, Ordering::Relaxed);
-    for s in sinks {
-        let _ = s.join();
-    }
     Ok(())
 }

@@ -28,6 +28,7 @@ mod fleet;
 mod health;
 mod mysql;
 mod pps;
+mod sink;
 mod sync;
 mod upgrade;
 

@@ -2,6 +2,7 @@
 //! director to two reals, once undisturbed and once while `lbadm attach` swaps the programs
 //! every half second; the reals count what arrives.
 
+use crate::sink::Sinks;
 use anyhow::{Context as _, Result};
 use lb_tests::{
     lbbed::{Decap, Director},
@@ -46,25 +47,7 @@ pub fn bench() -> Result<()> {
             })
             .collect(),
     }])?;
-    let received = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut sinks = Vec::new();
-    for i in 1..=2 {
-        let sock = bed
-            .real(i)
-            .run(|| UdpSocket::bind(("0.0.0.0", PORT)))
-            .context("sink")?;
-        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let (received, stop) = (received.clone(), stop.clone());
-        sinks.push(thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                if sock.recv(&mut buf).is_ok() {
-                    received.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let sinks = Sinks::start(&bed, PORT)?;
     let vip = SocketAddrV4::new(bed.vip(), PORT);
     let sender = bed
         .client()
@@ -72,7 +55,7 @@ pub fn bench() -> Result<()> {
         .context("sender")?;
     println!("in-place upgrades under a UDP stream ({PPS} datagrams/s for {SECONDS} s, one flow):");
     for upgrades in [false, true] {
-        let before = received.load(Ordering::Relaxed);
+        let before = sinks.received();
         let swapping = Arc::new(AtomicBool::new(upgrades));
         let swaps = Arc::new(AtomicU64::new(0));
         let swapper = {
@@ -115,7 +98,7 @@ pub fn bench() -> Result<()> {
         swapping.store(false, Ordering::Relaxed);
         swapper.join().expect("swapper")?;
         thread::sleep(Duration::from_millis(300));
-        let got = received.load(Ordering::Relaxed) - before;
+        let got = sinks.received() - before;
         println!(
             "  {:<28} {sent} sent, {got} received, {} lost ({:.3} %)",
             if upgrades {
@@ -126,10 +109,6 @@ pub fn bench() -> Result<()> {
             sent.saturating_sub(got),
             100.0 * sent.saturating_sub(got) as f64 / sent as f64
         );
-    }
-    stop.store(true, Ordering::Relaxed);
-    for s in sinks {
-        let _ = s.join();
     }
     Ok(())
 }

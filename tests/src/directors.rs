@@ -221,6 +221,16 @@ impl DirectorDaemon {
         self.pins.0.clone()
     }
 
+    /// `lbadm status --ready` on this director: the check keepalived tracks.
+    pub fn ready_command(&self) -> String {
+        format!(
+            "{} --pin-dir {} status --ready --status-file {}",
+            lbadm_bin().display(),
+            self.pins.0.display(),
+            self.files.0.join("status.json").display()
+        )
+    }
+
     pub fn addr(bed: &TestBed, i: usize) -> Ipv4Addr {
         bed.director_n(i).addr()
     }

@@ -10,7 +10,6 @@ use lb_tests::{
     directors::{DirectorDaemon, ServiceSpec},
     fleet::Keepalived,
     held::Held,
-    lbadm_bin,
     mysqlbed::TempDir,
     testbed::{TestBed, TestBedOpts, line_echo_server},
 };
@@ -128,12 +127,7 @@ fn each_node_directs_and_serves_and_the_vip_moves_without_loss_or_loops() {
     let mut vrrp = Vec::new();
     for (i, priority) in [(1, 150), (2, 100)] {
         let d = &daemons[i - 1].0;
-        let ready = format!(
-            "{} --pin-dir {} status --ready --status-file {}",
-            lbadm_bin().display(),
-            d.pin_dir().display(),
-            d.files.0.join("status.json").display()
-        );
+        let ready = d.ready_command();
         vrrp.push(
             Keepalived::start(
                 bed.director_n(i).ns(),

@@ -131,8 +131,8 @@ pub mod raw {
         }
     }
 
-    /// Opens a pinned object (here: a link).
-    pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+    /// `BPF_OBJ_GET` / `BPF_OBJ_PIN` on `path`, with `fd` to pin.
+    fn obj(cmd: libc::c_long, path: &Path, fd: u32) -> io::Result<libc::c_long> {
         #[repr(C)]
         struct Attr {
             pathname: u64,
@@ -143,29 +143,21 @@ pub mod raw {
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let mut attr = Attr {
             pathname: c.as_ptr() as u64,
-            bpf_fd: 0,
+            bpf_fd: fd,
             file_flags: 0,
         };
-        let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+        bpf(cmd, &mut attr)
+    }
+
+    /// Opens a pinned object (here: a link).
+    pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+        let fd = obj(BPF_OBJ_GET, path, 0)?;
         Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 
     /// Pins an object (a map kept by its fd) at `path`.
     pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-        #[repr(C)]
-        struct Attr {
-            pathname: u64,
-            bpf_fd: u32,
-            file_flags: u32,
-        }
-        let c = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let mut attr = Attr {
-            pathname: c.as_ptr() as u64,
-            bpf_fd: fd.as_raw_fd() as u32,
-            file_flags: 0,
-        };
-        bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+        obj(BPF_OBJ_PIN, path, fd.as_raw_fd() as u32).map(|_| ())
     }
 
     /// The id of the program a link runs.

@@ -34,6 +34,20 @@ pub struct ServiceSpec {
     pub extra: String,
 }
 
+impl ServiceSpec {
+    /// A service on the bed's reals, checked by TCP connect.
+    pub fn tcp(port: u16, scheduler: &'static str, weights: Vec<u32>) -> ServiceSpec {
+        ServiceSpec {
+            port,
+            scheduler,
+            weights,
+            addrs: vec![],
+            check: "tcp",
+            extra: String::new(),
+        }
+    }
+}
+
 pub struct DirectorDaemon {
     pub index: usize,
     child: Option<ChildGuard>,

@@ -30,14 +30,7 @@ const MYSQL: u16 = 6033;
 fn services() -> Vec<ServiceSpec> {
     [(MYSQL, "wrr"), (ECHO, "rr")]
         .into_iter()
-        .map(|(port, scheduler)| ServiceSpec {
-            port,
-            scheduler,
-            weights: vec![1, 1],
-            addrs: vec![],
-            check: "tcp",
-            extra: String::new(),
-        })
+        .map(|(port, scheduler)| ServiceSpec::tcp(port, scheduler, vec![1, 1]))
         .collect()
 }
 

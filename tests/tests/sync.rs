@@ -33,14 +33,7 @@ fn bed(prefix: &str) -> (TestBed, Decap) {
 }
 
 fn service(scheduler: &'static str, weights: Vec<u32>) -> Vec<ServiceSpec> {
-    vec![ServiceSpec {
-        port: PORT,
-        scheduler,
-        weights,
-        addrs: vec![],
-        check: "tcp",
-        extra: String::new(),
-    }]
+    vec![ServiceSpec::tcp(PORT, scheduler, weights)]
 }
 
 fn vip(bed: &TestBed) -> SocketAddrV4 {

@@ -37,14 +37,7 @@ fn the_vip_moves_to_the_backup_and_connections_continue() {
         bed.own(g);
     }
     let _decap = Decap::attach_all(&bed).unwrap();
-    let svc = [ServiceSpec {
-        port: PORT,
-        scheduler: "rr",
-        weights: vec![1, 1],
-        addrs: vec![],
-        check: "tcp",
-        extra: String::new(),
-    }];
+    let svc = [ServiceSpec::tcp(PORT, "rr", vec![1, 1])];
     let mut daemons = Vec::new();
     let mut vrrp = Vec::new();
     for (i, priority) in [(1, 150), (2, 100)] {

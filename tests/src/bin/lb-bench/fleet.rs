@@ -33,12 +33,9 @@ fn bed(prefix: &str, directors: usize) -> Result<(TestBed, Decap)> {
 
 fn services() -> Vec<ServiceSpec> {
     vec![ServiceSpec {
-        port: PORT,
-        scheduler: "rr",
-        weights: vec![1, 1],
-        addrs: vec![],
         check: "none",
         extra: "protocol = \"udp\"".into(),
+        ..ServiceSpec::tcp(PORT, "rr", vec![1, 1])
     }]
 }
 

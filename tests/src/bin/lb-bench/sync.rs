@@ -31,14 +31,7 @@ pub fn bench() -> Result<()> {
         bed.own(g);
     }
     let _decap = Decap::attach_all(&bed)?;
-    let svc = [ServiceSpec {
-        port: PORT,
-        scheduler: "rr",
-        weights: vec![1, 1],
-        addrs: vec![],
-        check: "tcp",
-        extra: String::new(),
-    }];
+    let svc = [ServiceSpec::tcp(PORT, "rr", vec![1, 1])];
     let d1 = DirectorDaemon::start(&bed, 1, &svc, true)?;
     let d2 = DirectorDaemon::start(&bed, 2, &svc, true)?;
     let start = Instant::now();

@@ -59,14 +59,7 @@ pub fn run(a: &Args, stop: &AtomicBool) -> Result<()> {
         .map(|i| MariaDb::start(bed.real(i), &format!("ha-real{i}"), &template))
         .collect::<Result<_>>()?;
     let router = start_router(&bed)?;
-    let svc = [ServiceSpec {
-        port: MYSQL,
-        scheduler: "wrr",
-        weights: vec![1, 1],
-        addrs: vec![],
-        check: "tcp",
-        extra: String::new(),
-    }];
+    let svc = [ServiceSpec::tcp(MYSQL, "wrr", vec![1, 1])];
     let mut directors: Vec<FleetDirector> = (1..=3)
         .map(|i| start_director(&bed, i, &svc))
         .collect::<Result<_>>()?;

@@ -1,6 +1,7 @@
 //! rtnetlink, the one wrapper: links, addresses and the default route, on a private
-//! current-thread runtime so synchronous callers (the CLI) can use it. The requests that change
-//! something are built by separate functions so their exact bytes can be unit-tested.
+//! current-thread runtime so synchronous callers (the CLI) can use it; and the daemon's
+//! announced VIP routes, async in the daemon's runtime. The requests that change something are
+//! built by separate functions so their exact bytes can be unit-tested.
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
@@ -100,9 +101,6 @@ pub fn our_host_route(m: &RouteMessage, table: u32) -> Option<Ipv4Addr> {
     }
     dst.filter(|_| t == table)
 }
-
-// The announced routes are kept by the daemon, inside its own runtime, hence async on its
-// handle rather than methods of [`Rtnl`].
 
 /// The /32 destinations of lbadm's routes in `table`.
 pub async fn host_routes(h: &rtnetlink::Handle, table: u32) -> Result<Vec<Ipv4Addr>> {

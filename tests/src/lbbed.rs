@@ -4,9 +4,36 @@
 use crate::{fixture::PinDir, testbed::TestBed};
 use anyhow::{Context as _, Result};
 use lb_userspace::{
-    director::{Maps, datapath},
+    director::{Maps, Protocol, RealServer, Scheduler, ServiceId, VirtualService, datapath},
     realserver::decap,
 };
+
+/// A service on the bed's VIP at `port` over its reals, real `i + 1` at `weights[i]`.
+pub fn service(
+    bed: &TestBed,
+    proto: Protocol,
+    port: u16,
+    sched: Scheduler,
+    weights: &[u32],
+) -> VirtualService {
+    VirtualService {
+        id: ServiceId {
+            proto,
+            addr: bed.vip(),
+            port,
+        },
+        sched,
+        persistence: 0,
+        reals: weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| RealServer {
+                addr: bed.real_addr(i + 1),
+                weight,
+            })
+            .collect(),
+    }
+}
 
 /// The director's data path, attached to the director's eth0 with its own pin directory.
 pub struct Director {

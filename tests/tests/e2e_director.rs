@@ -6,29 +6,13 @@ use lb_tests::{
     lbbed::{Decap, Director},
     testbed::{TestBed, TestBedOpts, tcp_echo_request},
 };
-use lb_userspace::director::{Protocol, RealServer, Scheduler, ServiceId, VirtualService};
+use lb_userspace::director::{Protocol, Scheduler, VirtualService};
 use std::net::SocketAddrV4;
 
 const PORT: u16 = 6033;
 
 fn service(bed: &TestBed, weights: &[u32]) -> VirtualService {
-    VirtualService {
-        id: ServiceId {
-            proto: Protocol::Tcp,
-            addr: bed.vip(),
-            port: PORT,
-        },
-        sched: Scheduler::Wrr,
-        persistence: 0,
-        reals: weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| RealServer {
-                addr: bed.real_addr(i + 1),
-                weight,
-            })
-            .collect(),
-    }
+    lb_tests::lbbed::service(bed, Protocol::Tcp, PORT, Scheduler::Wrr, weights)
 }
 
 #[test]

@@ -6,12 +6,12 @@ use lb_tests::{
     assertions::{Sniffer, assert_one_line_error, text},
     fixture::PinDir,
     lbadm_bin,
-    lbbed::Director,
+    lbbed::{Director, service},
     netns::Netns,
     packet,
     testbed::{TestBed, TestBedOpts, tcp_echo_request},
 };
-use lb_userspace::director::{Protocol, RealServer, Scheduler, ServiceId, VirtualService};
+use lb_userspace::director::{Protocol, Scheduler};
 use serde_json::Value;
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -512,21 +512,13 @@ fn traffic_through_reals_configured_only_by_setup() {
     let mut director = Director::attach(&bed).unwrap();
     director
         .maps
-        .apply(&[VirtualService {
-            id: ServiceId {
-                proto: Protocol::Tcp,
-                addr: bed.vip(),
-                port: PORT,
-            },
-            sched: Scheduler::Wrr,
-            persistence: 0,
-            reals: (1..=bed.real_count())
-                .map(|i| RealServer {
-                    addr: bed.real_addr(i),
-                    weight: 1,
-                })
-                .collect(),
-        }])
+        .apply(&[service(
+            &bed,
+            Protocol::Tcp,
+            PORT,
+            Scheduler::Wrr,
+            &vec![1; bed.real_count()],
+        )])
         .unwrap();
     let sniff = Sniffer::open(bed.director(), bed.director_eth0().index);
     let mut seen = std::collections::BTreeSet::new();

@@ -5,11 +5,11 @@
 use lb_tests::{
     assertions::{assert_one_line_error, lbadm_in, text, wait_until},
     held::Held,
-    lbbed::{Decap, Director},
+    lbbed::{Decap, Director, service},
     mysqlbed::{MysqlBed, MysqlBedOpts, Sysbench, SysbenchOpts, parse_interval},
     testbed::{TestBed, TestBedOpts},
 };
-use lb_userspace::director::{Protocol, RealServer, Scheduler, ServiceId, VirtualService};
+use lb_userspace::director::{Protocol, Scheduler};
 use std::{net::SocketAddrV4, path::Path, thread, time::Duration};
 
 fn sysbench(my: &MysqlBed, seconds: u32) -> Sysbench {
@@ -137,21 +137,7 @@ fn echo_bed(prefix: &str) -> (TestBed, Director, Decap) {
     let mut dir = Director::attach(&bed).unwrap();
     let decap = Decap::attach_all(&bed).unwrap();
     dir.maps
-        .apply(&[VirtualService {
-            id: ServiceId {
-                proto: Protocol::Tcp,
-                addr: bed.vip(),
-                port: 7000,
-            },
-            sched: Scheduler::Rr,
-            persistence: 0,
-            reals: (1..=2)
-                .map(|i| RealServer {
-                    addr: bed.real_addr(i),
-                    weight: 1,
-                })
-                .collect(),
-        }])
+        .apply(&[service(&bed, Protocol::Tcp, 7000, Scheduler::Rr, &[1, 1])])
         .unwrap();
     (bed, dir, decap)
 }

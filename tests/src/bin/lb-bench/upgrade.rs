@@ -5,12 +5,10 @@
 use crate::sink::Sinks;
 use anyhow::{Context as _, Result};
 use lb_tests::{
-    lbbed::{Decap, Director},
+    lbbed::{Decap, Director, service},
     testbed::{TestBed, TestBedOpts},
 };
-use lb_userspace::director::{
-    Protocol, RealServer, Scheduler, ServiceId, VirtualService, datapath,
-};
+use lb_userspace::director::{Protocol, Scheduler, datapath};
 use std::{
     net::{SocketAddrV4, UdpSocket},
     sync::{
@@ -32,21 +30,8 @@ pub fn bench() -> Result<()> {
     })?;
     let mut dir = Director::attach(&bed)?;
     let _decap = Decap::attach_all(&bed)?;
-    dir.maps.apply(&[VirtualService {
-        id: ServiceId {
-            proto: Protocol::Udp,
-            addr: bed.vip(),
-            port: PORT,
-        },
-        sched: Scheduler::Rr,
-        persistence: 0,
-        reals: (1..=2)
-            .map(|i| RealServer {
-                addr: bed.real_addr(i),
-                weight: 1,
-            })
-            .collect(),
-    }])?;
+    dir.maps
+        .apply(&[service(&bed, Protocol::Udp, PORT, Scheduler::Rr, &[1, 1])])?;
     let sinks = Sinks::start(&bed, PORT)?;
     let vip = SocketAddrV4::new(bed.vip(), PORT);
     let sender = bed

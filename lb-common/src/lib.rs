@@ -286,16 +286,9 @@ pub struct Meta {
 pub struct SyncEvent {
     /// The connection's 5-tuple; for a template, `saddr` is the client and the rest is 0.
     pub key: ConnKey,
-    pub real_id: u32,
-    pub real_gen: u32,
-    pub service_id: u32,
-    /// `CONN_*` (0 for a template).
-    pub state: u8,
-    /// `CONN_F_PERSIST`, `SYNC_F_TEMPLATE`.
-    pub flags: u8,
-    pub _pad: [u8; 2],
-    /// When it happened (`bpf_ktime_get_coarse_ns`), to measure how late peers learn of it.
-    pub stamp_ns: u64,
+    /// The entry as it is now. For a template: state 0, flags `SYNC_F_TEMPLATE`. Its
+    /// `last_seen_ns` is when it happened, to measure how late peers learn of it.
+    pub conn: Conn,
 }
 
 /// The event is a persistence template, not a connection.

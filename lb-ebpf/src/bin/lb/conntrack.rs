@@ -136,12 +136,9 @@ pub fn record(
 fn event(key: &ConnKey, c: &Conn, now: u64) -> SyncEvent {
     SyncEvent {
         key: *key,
-        real_id: c.real_id,
-        real_gen: c.real_gen,
-        service_id: c.service_id,
-        state: c.state,
-        flags: c.flags,
-        _pad: [0; 2],
-        stamp_ns: now,
+        conn: Conn {
+            last_seen_ns: now,
+            ..*c
+        },
     }
 }

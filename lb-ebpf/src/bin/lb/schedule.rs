@@ -6,7 +6,7 @@ use crate::{
 };
 use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use lb_common::{
-    ConnKey, Persist, PersistKey, REAL_F_IN_USE, Real, Reason, SCHED_MH, SCHED_SLOTS,
+    Conn, ConnKey, Persist, PersistKey, REAL_F_IN_USE, Real, Reason, SCHED_MH, SCHED_SLOTS,
     SYNC_F_TEMPLATE, Service, ServiceKey, SyncEvent,
 };
 
@@ -59,13 +59,15 @@ pub fn pick(
                 saddr: key.saddr,
                 ..ConnKey::default()
             },
-            real_id: id,
-            real_gen: real.generation,
-            service_id: svc.id,
-            state: 0,
-            flags: SYNC_F_TEMPLATE,
-            _pad: [0; 2],
-            stamp_ns: now,
+            conn: Conn {
+                real_id: id,
+                real_gen: real.generation,
+                service_id: svc.id,
+                state: 0,
+                flags: SYNC_F_TEMPLATE,
+                _pad: [0; 2],
+                last_seen_ns: now,
+            },
         });
     }
     Ok((id, real, event))

@@ -91,12 +91,13 @@ impl Directory {
 
     /// A data-path event as it leaves; None when it names a real or service that has gone.
     pub fn from_event(&self, ev: &SyncEvent, now: u64) -> Option<Entry> {
-        let real = self.real(ev.real_id, ev.real_gen)?;
-        let age_ms = (now.saturating_sub(ev.stamp_ns) / NS_PER_MS) as u32;
-        if ev.flags & SYNC_F_TEMPLATE != 0 {
-            return self.template(ev.service_id, ev.key.saddr, real, age_ms);
+        let c = &ev.conn;
+        let real = self.real(c.real_id, c.real_gen)?;
+        let age_ms = (now.saturating_sub(c.last_seen_ns) / NS_PER_MS) as u32;
+        if c.flags & SYNC_F_TEMPLATE != 0 {
+            return self.template(c.service_id, ev.key.saddr, real, age_ms);
         }
-        Some(connection(&ev.key, real, ev.state, ev.flags, age_ms))
+        Some(connection(&ev.key, real, c.state, c.flags, age_ms))
     }
 
     fn template(&self, service: u32, client: u32, real: Ipv4Addr, age_ms: u32) -> Option<Entry> {

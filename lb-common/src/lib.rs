@@ -13,6 +13,10 @@ pub const MAP_REALS: &str = "LB_REALS";
 pub const MAP_TABLES: &str = "LB_TABLES";
 pub const MAP_CURSORS: &str = "LB_CURSORS";
 pub const MAP_CONNS: &str = "LB_CONNS";
+pub const MAP_CONNS_NEW: &str = "LB_CONNS_NEW";
+pub const MAP_LIMITS: &str = "LB_LIMITS";
+pub const MAP_FLOOD: &str = "LB_FLOOD";
+pub const MAP_ALLOW: &str = "LB_ALLOW";
 pub const MAP_SVC_STATS: &str = "LB_SVC_STATS";
 pub const MAP_REAL_STATS: &str = "LB_REAL_STATS";
 pub const MAP_REASONS: &str = "LB_REASONS";
@@ -33,7 +37,7 @@ pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 /// pinned maps only under a layout it knows; see `lb-userspace/src/director/layout.rs`.
 /// 1: the maps before this record existed (no `LB_META`). 2: `LB_META`, `LB_SYNC`, `LB_PEERS`,
 /// `Config::flags`, [`REAL_F_LOCAL`], [`REASON_SLOTS`] counters.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Program names as they appear in the eBPF objects.
 pub const PROG_LB: &str = "lb_xdp";
@@ -50,8 +54,16 @@ pub const MAX_REALS: u32 = 16384;
 /// proportional approximation when it does not; `mh` uses the prime [`MH_TABLE_LEN`].
 pub const SCHED_SLOTS: usize = 1024;
 pub const MH_TABLE_LEN: u32 = 1021;
-/// Connection-table capacity (LRU: the least recently used entry is evicted when full).
-pub const MAX_CONNS: u32 = 262_144;
+/// Default entries of the table of established connections (`lbadm attach --conn-table`; LRU:
+/// the least recently used entry is evicted when full). The object's own size; attach and
+/// upgrade set the real one.
+pub const DEFAULT_CONNS: u32 = 1 << 20;
+/// Smallest connection table `lbadm attach --conn-table` accepts.
+pub const MIN_CONNS: u32 = 1024;
+/// Entries of the allow-lists' trie (all VIPs together).
+pub const MAX_ALLOW: u32 = 16_384;
+/// The default flood threshold: new flows per second on one CPU (see [`Limits`]).
+pub const DEFAULT_FLOOD_RATE: u32 = 50_000;
 /// Persistence templates (one per service and client address; LRU).
 pub const MAX_PERSIST: u32 = 65_536;
 pub const MAX_DECAP_ENTRIES: u32 = 256;
@@ -200,6 +212,36 @@ pub struct Conn {
     pub last_seen_ns: u64,
 }
 
+/// Size of the table of unconfirmed connections for an established table of `conns` entries:
+/// a quarter (handshakes last a round trip; confirmed connections last hours).
+pub const fn unconfirmed_size(conns: u32) -> u32 {
+    let n = conns / 4;
+    if n < MIN_CONNS { MIN_CONNS } else { n }
+}
+
+/// A flow first seen without a SYN (picked up mid-stream, or UDP) is confirmed by a packet at
+/// least this long after its first: a spoofed packet, or one sent twice, is not.
+pub const CONFIRM_AFTER_NS: u64 = 1_000_000_000;
+
+/// The source-address hash IPVS's `mh` scheduler uses (hash_32 of the address, golden ratio);
+/// `addr` in wire order.
+pub const fn mh_hash(addr: u32) -> u32 {
+    u32::from_be(addr).wrapping_mul(0x61C8_8647)
+}
+
+/// The flow hash new flows are scheduled by while a CPU is in flood mode (rr and wrr then pick
+/// `slots[flow_hash % len]`), so a flow whose handshake was not recorded keeps its real.
+/// Userspace's `lbadm trace` computes the same.
+pub const fn flow_hash(k: &ConnKey) -> u32 {
+    let mut h = k.saddr.wrapping_mul(0x9E37_79B1);
+    h ^= k.daddr.rotate_left(7).wrapping_mul(0x85EB_CA77);
+    h ^= ((k.sport as u32) << 16 | k.dport as u32).wrapping_mul(0xC2B2_AE3D);
+    h ^= k.proto as u32;
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x2C1B_3C6D);
+    h ^ (h >> 13)
+}
+
 /// The connection belongs to a persistent service: its packets keep the client's template alive
 /// (IPVS keeps a template while connections it controls exist).
 pub const CONN_F_PERSIST: u8 = 1;
@@ -261,6 +303,51 @@ pub struct Config {
     /// `CONFIG_F_*`, read by the data path.
     pub flags: u32,
 }
+
+/// Entry 0 of `LB_LIMITS`: what protects the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Limits {
+    /// New flows per second on one CPU above which that CPU is in flood mode (0: never). In
+    /// flood mode new TCP flows are forwarded, scheduled by [`flow_hash`], but their SYNs are not
+    /// recorded.
+    pub flood_rate: u32,
+    /// `LIMITS_F_*`.
+    pub flags: u32,
+}
+
+/// Some VIP has an allow-list: new flows look their source up in `LB_ALLOW`.
+pub const LIMITS_F_ALLOW: u32 = 1;
+
+/// One CPU's flood detector (per-CPU entry 0 of `LB_FLOOD`): new flows counted per second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FloodState {
+    /// Start of the current one-second window.
+    pub window_ns: u64,
+    /// New flows in the current window.
+    pub new_flows: u32,
+    /// 1 while this CPU is in flood mode.
+    pub flooding: u32,
+    /// When the current (or last) flood mode began.
+    pub since_ns: u64,
+    /// Times this CPU entered flood mode.
+    pub trips: u64,
+}
+
+/// Key of `LB_ALLOW` (an LPM trie; both addresses in wire order, so the prefix runs over the
+/// VIP's 32 bits and then the source's). A VIP with a list has an entry of prefix 32 (the VIP
+/// alone) whose value is [`ALLOW_DENY`]; each allowed CIDR is a longer prefix with
+/// [`ALLOW_PERMIT`]. A VIP without a list matches nothing and allows every source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AllowKey {
+    pub vip: u32,
+    pub saddr: u32,
+}
+
+pub const ALLOW_DENY: u32 = 0;
+pub const ALLOW_PERMIT: u32 = 1;
 
 /// The data path reports new connections, state changes and persistence templates on
 /// [`MAP_SYNC`] (a daemon with `[sync]` sets it while it reads them).
@@ -393,6 +480,13 @@ reasons! {
     PassDecapsulated = "pass_decapsulated",
     /// IPIP from a peer director whose inner packet is not for one of our VIPs: dropped.
     DropDecapUnknownVip = "drop_decap_unknown_vip",
+    /// A new flow's source is not on its VIP's allow-list: dropped.
+    DropNotAllowed = "drop_not_allowed",
+    /// An unconfirmed connection completed its handshake (or proved itself) and moved to the
+    /// table of established connections.
+    Confirmed = "conn_confirmed",
+    /// Flood mode: a new flow's SYN was forwarded without being recorded.
+    FloodNotRecorded = "flood_not_recorded",
 }
 
 /// Size of the reasons counter array: room for reasons to come without changing the pinned
@@ -481,4 +575,7 @@ mod user {
     unsafe impl aya::Pod for Probe {}
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for SyncEvent {}
+    unsafe impl aya::Pod for Limits {}
+    unsafe impl aya::Pod for FloodState {}
+    unsafe impl aya::Pod for AllowKey {}
 }

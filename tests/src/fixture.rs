@@ -107,7 +107,8 @@ impl Fixture {
     pub fn new() -> Result<Fixture> {
         let (ns, ifindex, mac) = fixture_netns()?;
         let pins = PinDir::new("fx");
-        let mut bpf = datapath::load(&pins.0, datapath::LogLevel::Debug)
+        let sizes = datapath::TableSizes::for_conns(1 << 16)?;
+        let mut bpf = datapath::load(&pins.0, datapath::LogLevel::Debug, sizes)
             .context("loading the director object")?;
         let prog: &mut Xdp = bpf
             .program_mut(lb_common::PROG_LB)

@@ -61,6 +61,9 @@ impl Director {
             tunnel_source: None,
             generic: false,
             log: datapath::LogLevel::Off,
+            // Small enough for many directors at once, large enough for every test's flows.
+            conn_table: Some(1 << 16),
+            flood_rate: None,
         };
         let report = host
             .ns()

@@ -2,6 +2,7 @@ pub mod assertions;
 pub mod directors;
 pub mod fixture;
 pub mod fleet;
+pub mod flood;
 pub mod held;
 pub mod lbbed;
 pub mod mysqlbed;

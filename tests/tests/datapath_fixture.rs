@@ -428,46 +428,6 @@ fn unresolved_neighbour_is_handed_to_tc_not_dropped() {
 }
 
 #[test]
-fn tcp_states_and_nonsyn_misses_are_tracked() {
-    let mut f = Fixture::new().unwrap();
-    f.apply(&[svc(Scheduler::Rr, &[(REAL1, 1)])]).unwrap();
-    let key = lb_common::ConnKey {
-        saddr: u32::from_ne_bytes(CLIENT.octets()),
-        daddr: u32::from_ne_bytes(VIP.octets()),
-        sport: 50000u16.to_be(),
-        dport: PORT.to_be(),
-        proto: 6,
-        _pad: [0; 3],
-    };
-    let state = |f: &Fixture| f.maps.conns.get(&key, 0).unwrap().state;
-    real_of(&f, &syn(50000));
-    assert_eq!(state(&f), lb_common::CONN_SYN_RECV);
-    real_of(&f, &ack(50000, b""));
-    assert_eq!(state(&f), lb_common::CONN_ESTABLISHED);
-    real_of(
-        &f,
-        &client_tcp(CLIENT, 50000, VIP, PORT, TCP_FIN | TCP_ACK, b""),
-    );
-    assert_eq!(state(&f), lb_common::CONN_FIN_WAIT);
-    real_of(&f, &ack(50000, b""));
-    assert_eq!(
-        state(&f),
-        lb_common::CONN_FIN_WAIT,
-        "an ACK after FIN re-opened it"
-    );
-    // A mid-stream packet of a connection we never saw.
-    real_of(&f, &ack(50001, b"hello"));
-    assert_eq!(reason(&f.maps, Reason::NonSynMiss), 1);
-    // An RST without an entry is forwarded but leaves no state.
-    real_of(&f, &client_tcp(CLIENT, 50002, VIP, PORT, TCP_RST, b""));
-    let rst_key = lb_common::ConnKey {
-        sport: 50002u16.to_be(),
-        ..key
-    };
-    assert!(f.maps.conns.get(&rst_key, 0).is_err());
-}
-
-#[test]
 fn udp_flows_are_pinned_too() {
     let mut f = Fixture::new().unwrap();
     let mut s = svc(Scheduler::Rr, &[(REAL1, 1), (REAL2, 1)]);

@@ -29,7 +29,7 @@ fn configure_list_edit_delete_through_lbadm() {
         .command(lbadm_bin())
         .args(["--pin-dir"])
         .arg(&pins.0)
-        .args(["attach", "--iface", "eth0"])
+        .args(["attach", "--iface", "eth0", "--conn-table", "65536"])
         .output()
         .unwrap();
     ok(attach);
@@ -91,13 +91,11 @@ fn configure_list_edit_delete_through_lbadm() {
     assert_eq!(
         listing,
         format!(
-            "IP Virtual Server version 1.2.1 (size={})\n\
+            "IP Virtual Server version 1.2.1 (size=65536)\n\
              Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
              TCP  198.18.0.100:6033 wrr\n  -> 198.18.0.11:6033             Tunnel  3      {:<10} 0         \n\
              \x20 -> 198.18.0.12:6033             Tunnel  1      {:<10} 0         \n",
-            lb_common::MAX_CONNS,
-            active[0],
-            active[1]
+            active[0], active[1]
         )
     );
     let conns = ok(lbadm(d, &pins.0, &["-L", "-n", "-c"]));

@@ -16,7 +16,8 @@ struct Director {
 
 fn director() -> Director {
     let pins = PinDir::new("ipvsmaps");
-    let bpf = datapath::load(&pins.0, datapath::LogLevel::Off).unwrap();
+    let sizes = datapath::TableSizes::for_conns(1 << 16).unwrap();
+    let bpf = datapath::load(&pins.0, datapath::LogLevel::Off, sizes).unwrap();
     Director { _bpf: bpf, pins }
 }
 

@@ -156,8 +156,9 @@ fn pins_of(dir: &Path) -> Vec<String> {
     v
 }
 
-/// The state an lbadm before layout records left: no `LB_META`, no `LB_SYNC`, 19 reason
-/// counters. The upgrade adds the new maps and carries the counters into the larger array.
+/// The state an lbadm before layout records left: no `LB_META`, no `LB_SYNC`, none of layout
+/// 3's maps (the unconfirmed table, limits, flood detectors, allow-lists), 19 reason counters.
+/// The upgrade adds the new maps and carries the counters into the larger array.
 #[test]
 fn upgrade_from_layout_1_adds_maps_and_keeps_counters() {
     let (bed, dir, _decap) = echo_bed("upl1");
@@ -166,7 +167,14 @@ fn upgrade_from_layout_1_adds_maps_and_keeps_counters() {
     let reasons_before = dir.maps.reasons().unwrap();
     let conns_before = dir.maps.conns.keys().count();
     // Make the pin directory look like layout 1.
-    for name in [lb_common::MAP_META, lb_common::MAP_SYNC] {
+    for name in [
+        lb_common::MAP_META,
+        lb_common::MAP_SYNC,
+        lb_common::MAP_CONNS_NEW,
+        lb_common::MAP_LIMITS,
+        lb_common::MAP_FLOOD,
+        lb_common::MAP_ALLOW,
+    ] {
         std::fs::remove_file(pins.join(name)).unwrap();
     }
     let mut old = aya::Ebpf::load(lb_userspace::objects::BENCH).unwrap();
@@ -196,9 +204,17 @@ fn upgrade_from_layout_1_adds_maps_and_keeps_counters() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("grown and copied: LB_REASONS"), "{out}");
-    assert!(out.contains("new: LB_META, LB_SYNC"), "{out}");
-    assert!(out.contains("(layout 1 -> 2)"), "{out}");
+    assert!(
+        out.contains("new: LB_ALLOW, LB_CONNS_NEW, LB_FLOOD, LB_LIMITS, LB_META, LB_SYNC"),
+        "{out}"
+    );
+    assert!(out.contains("(layout 1 -> 3)"), "{out}");
     let maps = lb_userspace::director::Maps::open(&pins).unwrap();
+    // The new limits map starts with the default flood threshold, not with flood mode off.
+    assert_eq!(
+        maps.limits().unwrap().flood_rate,
+        lb_common::DEFAULT_FLOOD_RATE
+    );
     assert_eq!(
         lb_userspace::director::layout::read_meta(&pins).map(|m| m.layout),
         Some(lb_common::LAYOUT_VERSION)

@@ -25,6 +25,10 @@ pub struct Template {
     pub len: u32,
     /// Offset of a 16-bit port to vary on every run (a new flow per packet); 0 = keep.
     pub vary_port_at: u32,
+    /// Offset of a 32-bit address set to this CPU's counter on every run (a new flow per
+    /// packet, four billion of them; userspace sets each CPU's starting value); 0 = keep.
+    pub vary_addr_at: u32,
+    pub _pad: u32,
     pub bytes: [u8; TEMPLATE_MAX],
 }
 
@@ -187,6 +191,16 @@ fn restore(ctx: &XdpContext) -> Option<()> {
         };
         let port: *mut u16 = ptr_at(ctx, at & (TEMPLATE_MAX - 1))?;
         unsafe { *port = ((n % 60000) as u16 + 1024).to_be() };
+    }
+    let at = t.vary_addr_at as usize;
+    if at != 0 && at + 4 <= want {
+        let ctr = COUNTER.get_ptr_mut(0)?;
+        let n = unsafe {
+            *ctr = (*ctr).wrapping_add(1);
+            *ctr
+        };
+        let addr: *mut [u8; 4] = ptr_at(ctx, at & (TEMPLATE_MAX - 1))?;
+        unsafe { *addr = n.to_be_bytes() };
     }
     Some(())
 }

@@ -6,7 +6,7 @@
 use clap::{CommandFactory as _, Parser, Subcommand};
 use lb_userspace::{
     daemon::{self, config, status::Status},
-    director::{datapath, status},
+    director::{Maps, Protocol, allow, datapath, status, trace},
     realserver::{self, decap},
 };
 use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
@@ -42,6 +42,16 @@ enum Cmd {
         /// free when off.
         #[arg(long, value_enum, default_value_t = datapath::LogLevel::Off)]
         log_level: datapath::LogLevel,
+        /// Established connections the director tracks (default 1048576, about 130 bytes each;
+        /// a quarter as many more for handshakes in progress). Fixed until detach: an upgrade
+        /// keeps it.
+        #[arg(long, value_name = "ENTRIES")]
+        conn_table: Option<u32>,
+        /// New flows per second on one CPU above which that CPU goes into flood mode: SYNs are
+        /// forwarded but not recorded (default 50000; 0 never). An upgrade keeps the running
+        /// value unless this is given.
+        #[arg(long, value_name = "PER_SEC")]
+        flood_rate: Option<u32>,
     },
     /// Stream the data path's log events (attach with --log-level to have any) until Ctrl-C.
     Log,
@@ -71,12 +81,79 @@ enum Cmd {
         #[arg(long)]
         check_config: bool,
     },
+    /// Which real a client's flow goes to, and why: its connection entry, its persistence
+    /// template, or the scheduler's pick for a new connection (read from the live tables,
+    /// changing nothing).
+    Trace {
+        /// The client: ADDR for every connection of it, ADDR:PORT for one flow.
+        #[arg(value_parser = parse_client)]
+        client: (Ipv4Addr, Option<u16>),
+        /// The virtual service, VIP:PORT.
+        #[arg(value_parser = parse_service)]
+        service: (Ipv4Addr, u16),
+        #[arg(long, value_enum, default_value_t = TraceProto::Tcp)]
+        proto: TraceProto,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Source allow-lists per VIP (an lbadm extension; IPVS has none): a VIP with a list takes
+    /// new connections only from the listed networks; established connections are kept.
+    Allow {
+        #[command(subcommand)]
+        cmd: AllowCmd,
+    },
     /// Real-server side of LVS-TUN: decapsulation, VIPs, rp_filter, ARP (setup / teardown /
     /// check).
     Realserver {
         #[command(subcommand)]
         cmd: RealserverCmd,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TraceProto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Subcommand)]
+enum AllowCmd {
+    /// Allow networks (CIDR or address) to open connections to VIP; the first one starts the
+    /// VIP's list, refusing every other source.
+    Add {
+        vip: Ipv4Addr,
+        #[arg(required = true)]
+        sources: Vec<allow::Cidr>,
+    },
+    /// Remove networks from VIP's list (an emptied list still refuses everyone: `clear` ends it).
+    Del {
+        vip: Ipv4Addr,
+        #[arg(required = true)]
+        sources: Vec<allow::Cidr>,
+    },
+    /// Remove VIP's list: every source may connect again.
+    Clear { vip: Ipv4Addr },
+    /// Show every VIP's list.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_client(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+    match s.split_once(':') {
+        None => s
+            .parse()
+            .map(|a| (a, None))
+            .map_err(|_| format!("{s:?}: expected ADDR or ADDR:PORT")),
+        Some(_) => parse_service(s).map(|(a, p)| (a, Some(p))),
+    }
+}
+
+fn parse_service(s: &str) -> Result<(Ipv4Addr, u16), String> {
+    let bad = || format!("{s:?}: expected ADDR:PORT, e.g. 198.18.0.100:6033");
+    let (a, p) = s.split_once(':').ok_or_else(bad)?;
+    Ok((a.parse().map_err(|_| bad())?, p.parse().map_err(|_| bad())?))
 }
 
 #[derive(Subcommand)]
@@ -155,6 +232,58 @@ fn main() -> ExitCode {
     }
 }
 
+fn run_allow(cmd: AllowCmd, pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut maps = Maps::open(pin_dir)?;
+    let _lock = maps.lock()?;
+    let mut lists = allow::read(&maps)?;
+    match cmd {
+        AllowCmd::List { json } => {
+            if json {
+                let v: std::collections::BTreeMap<String, Vec<String>> = lists
+                    .iter()
+                    .map(|(vip, l)| (vip.to_string(), l.iter().map(|c| c.to_string()).collect()))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for (vip, l) in &lists {
+                    let l: Vec<String> = l.iter().map(|c| c.to_string()).collect();
+                    println!(
+                        "{vip}: {}",
+                        if l.is_empty() {
+                            "(nobody)".into()
+                        } else {
+                            l.join(" ")
+                        }
+                    );
+                }
+            }
+            return Ok(());
+        }
+        AllowCmd::Add { vip, sources } => {
+            let l = lists.entry(vip).or_default();
+            for c in sources {
+                if !l.contains(&c) {
+                    l.push(c);
+                }
+            }
+        }
+        AllowCmd::Del { vip, sources } => {
+            let l = lists
+                .get_mut(&vip)
+                .ok_or_else(|| anyhow::anyhow!("{vip} has no allow-list"))?;
+            for c in &sources {
+                anyhow::ensure!(l.contains(c), "{c} is not on {vip}'s allow-list");
+            }
+            l.retain(|c| !sources.contains(c));
+        }
+        AllowCmd::Clear { vip } => {
+            anyhow::ensure!(lists.remove(&vip).is_some(), "{vip} has no allow-list");
+        }
+    }
+    allow::replace(&mut maps, &lists)?;
+    Ok(())
+}
+
 /// ipvsadm's command line. The pin directory comes from `LBADM_PIN_DIR` (ipvsadm's grammar
 /// has no place for it).
 fn ipvsadm(args: &[String]) -> ExitCode {
@@ -178,6 +307,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tunnel_source,
             generic,
             log_level,
+            conn_table,
+            flood_rate,
         } => {
             let r = datapath::attach(&datapath::AttachOptions {
                 iface: iface.clone(),
@@ -185,6 +316,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tunnel_source,
                 generic,
                 log: log_level,
+                conn_table,
+                flood_rate,
             })?;
             for w in &r.warnings {
                 eprintln!("lbadm: warning: {w}");
@@ -208,6 +341,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        Cmd::Trace {
+            client,
+            service,
+            proto,
+            json,
+        } => {
+            let maps = Maps::open(&cli.pin_dir)?;
+            let q = trace::Query {
+                client: client.0,
+                client_port: client.1,
+                vip: service.0,
+                port: service.1,
+                proto: match proto {
+                    TraceProto::Tcp => Protocol::Tcp,
+                    TraceProto::Udp => Protocol::Udp,
+                },
+            };
+            let t = trace::trace(&maps, &q)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print!("{}", t.render(&q));
+            }
+        }
+        Cmd::Allow { cmd } => run_allow(cmd, &cli.pin_dir)?,
         Cmd::Detach => {
             let r = datapath::detach(&cli.pin_dir)?;
             println!(

@@ -9,6 +9,16 @@
 //! status_file = "/run/lbadm/status.json"   # optional, default shown; health per real as JSON
 //! metrics = "127.0.0.1:9477"               # optional Prometheus endpoint (GET /metrics); off if absent
 //! notify_timeout = "10s"                   # optional: notify commands are killed after this
+//! conn_table = 1048576      # optional: established connections tracked, when the daemon
+//!                           # attaches (`lbadm attach --conn-table`); an attached one keeps its size
+//! flood_rate = 50000        # optional: new flows per second per CPU that start flood mode
+//!                           # (0: never); set at start and on every reload
+//!
+//! [allow]                   # optional: source allow-lists per VIP; a VIP listed takes new
+//!                           # connections only from these (CIDRs or addresses). When present the
+//!                           # daemon makes the lists exactly this (empty: none); when absent it
+//!                           # leaves them to `lbadm allow`
+//! "198.18.0.100" = ["10.0.0.0/8", "192.0.2.7"]
 //!
 //! [[service]]               # one per virtual service
 //! vip = "198.18.0.100"      # required, IPv4
@@ -51,10 +61,13 @@
 //! A broken file is rejected with the line and column of the offending key (toml's span) and
 //! the field and reason; the caller keeps whatever it was running.
 
-use crate::director::{Protocol, Scheduler, ServiceId};
+use crate::director::{
+    Protocol, Scheduler, ServiceId,
+    allow::{AllowLists, Cidr},
+};
 use serde::Deserialize;
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     fmt,
     net::{Ipv4Addr, SocketAddr},
     ops::Range,
@@ -177,6 +190,10 @@ pub struct DaemonConfig {
     pub sync: Option<super::sync::config::SyncConfig>,
     /// Announcing the VIPs through a routing daemon (`[announce]`).
     pub announce: Option<super::announce::AnnounceConfig>,
+    pub conn_table: Option<u32>,
+    pub flood_rate: Option<u32>,
+    /// Source allow-lists per VIP (`[allow]`); None leaves the data path's as they are.
+    pub allow: Option<AllowLists>,
 }
 
 /// A rejected file: where, which field, why.
@@ -252,6 +269,9 @@ struct RawFile {
     service: Vec<RawService>,
     sync: Option<super::sync::config::RawSync>,
     announce: Option<super::announce::RawAnnounce>,
+    conn_table: Option<Spanned<u32>>,
+    flood_rate: Option<u32>,
+    allow: Option<BTreeMap<Ipv4Addr, Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -358,6 +378,31 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
             "must name the director's interface".into(),
         ));
     }
+    if let Some(n) = &raw.conn_table
+        && *n.get_ref() < lb_common::MIN_CONNS
+    {
+        return Err(err(
+            Some(n.span()),
+            "conn_table",
+            format!("at least {} entries", lb_common::MIN_CONNS),
+        ));
+    }
+    let allow = match &raw.allow {
+        None => None,
+        Some(m) => {
+            let mut lists = AllowLists::new();
+            for (vip, cidrs) in m {
+                let mut list = Vec::new();
+                for c in cidrs {
+                    list.push(c.get_ref().parse::<Cidr>().map_err(|e| {
+                        err(Some(c.span()), &format!("allow.\"{vip}\""), e.to_string())
+                    })?);
+                }
+                lists.insert(*vip, list);
+            }
+            Some(lists)
+        }
+    };
     let mut services = Vec::new();
     let mut seen = HashSet::new();
     for (i, s) in raw.service.iter().enumerate() {
@@ -463,6 +508,9 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
             .status_file
             .unwrap_or_else(|| DEFAULT_STATUS_FILE.into()),
         metrics: raw.metrics,
+        conn_table: raw.conn_table.map(|n| n.into_inner()),
+        flood_rate: raw.flood_rate,
+        allow,
         notify_timeout: raw
             .notify_timeout
             .map(|d| d.0)
@@ -642,6 +690,31 @@ type = "tcp"
         assert_eq!(s.reals[1].check.interval, Duration::from_millis(200));
         assert_eq!(s.reals[1].weight, 1);
         assert_eq!(s.reals[0].check.port, 6033);
+    }
+
+    #[test]
+    fn limits_and_allow_lists_are_read_and_checked() {
+        // Root keys and [allow] go before GOOD's [[service]].
+        let with = |extra: &str| {
+            GOOD.replacen(
+                "iface = \"eth0\"\n",
+                &format!("iface = \"eth0\"\n{extra}"),
+                1,
+            )
+        };
+        let c = p(&with(
+            "flood_rate = 0\nconn_table = 65536\n[allow]\n\"198.18.0.100\" = [\"10.0.0.0/8\", \"192.0.2.7\"]\n",
+        ))
+        .unwrap();
+        assert_eq!((c.flood_rate, c.conn_table), (Some(0), Some(65536)));
+        let lists = c.allow.unwrap();
+        assert_eq!(lists[&Ipv4Addr::new(198, 18, 0, 100)].len(), 2);
+        assert_eq!(p(GOOD).unwrap().allow, None);
+        let e = p(&with("[allow]\n\"198.18.0.100\" = [\"10.1.0.0/8\"]\n")).unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(4), "{e}");
+        assert!(e.to_string().contains("did you mean 10.0.0.0/8?"), "{e}");
+        let e = p(&with("conn_table = 10\n")).unwrap_err();
+        assert_eq!(e.field, "conn_table", "{e}");
     }
 
     #[test]

@@ -151,10 +151,56 @@ pub fn text(
             u8::from(h == Health::Up)
         );
     }
+    table_text(&mut out, &crate::director::conntrack::table_status(&maps)?);
     if let Some(s) = sync {
         sync_text(&mut out, s);
     }
     Ok(out)
+}
+
+fn table_text(out: &mut String, t: &crate::director::conntrack::TableStatus) {
+    let _ = writeln!(
+        out,
+        "# HELP lbadm_conntrack_entries Entries in a connection table (established: confirmed connections; unconfirmed: handshakes in progress)."
+    );
+    let _ = writeln!(out, "# TYPE lbadm_conntrack_entries gauge");
+    let _ = writeln!(
+        out,
+        "lbadm_conntrack_entries{{table=\"established\"}} {}",
+        t.established
+    );
+    let _ = writeln!(
+        out,
+        "lbadm_conntrack_entries{{table=\"unconfirmed\"}} {}",
+        t.unconfirmed
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lbadm_conntrack_size Entries a connection table holds before it evicts the least recently used."
+    );
+    let _ = writeln!(out, "# TYPE lbadm_conntrack_size gauge");
+    let _ = writeln!(
+        out,
+        "lbadm_conntrack_size{{table=\"established\"}} {}",
+        t.established_size
+    );
+    let _ = writeln!(
+        out,
+        "lbadm_conntrack_size{{table=\"unconfirmed\"}} {}",
+        t.unconfirmed_size
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lbadm_flood_mode_cpus CPUs in flood mode now (SYNs forwarded without being recorded)."
+    );
+    let _ = writeln!(out, "# TYPE lbadm_flood_mode_cpus gauge");
+    let _ = writeln!(out, "lbadm_flood_mode_cpus {}", t.flooding_cpus);
+    let _ = writeln!(
+        out,
+        "# HELP lbadm_flood_mode_entered_total Times a CPU entered flood mode."
+    );
+    let _ = writeln!(out, "# TYPE lbadm_flood_mode_entered_total counter");
+    let _ = writeln!(out, "lbadm_flood_mode_entered_total {}", t.flood_trips);
 }
 
 fn sync_text(out: &mut String, s: &SyncStatus) {
@@ -256,10 +302,40 @@ mod tests {
         ] {
             assert!(out.lines().any(|l| l == want), "{want} missing:\n{out}");
         }
-        // Every sample line: a name, optional labels, one number.
+        well_formed(&out);
+    }
+
+    /// Every sample line: a name, optional labels, one number.
+    fn well_formed(out: &str) {
         for l in out.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = l.rsplit_once(' ').unwrap();
             v.parse::<f64>().unwrap_or_else(|_| panic!("{l}"));
         }
+    }
+
+    #[test]
+    fn table_metrics_are_well_formed() {
+        let t = crate::director::conntrack::TableStatus {
+            established: 50,
+            established_size: 65536,
+            unconfirmed: 16384,
+            unconfirmed_size: 16384,
+            flood_rate: 50000,
+            flooding_cpus: 2,
+            flood_for_secs: Some(3),
+            flood_trips: 4,
+            allow_lists: 0,
+        };
+        let mut out = String::new();
+        table_text(&mut out, &t);
+        for want in [
+            "lbadm_conntrack_entries{table=\"established\"} 50",
+            "lbadm_conntrack_size{table=\"unconfirmed\"} 16384",
+            "lbadm_flood_mode_cpus 2",
+            "lbadm_flood_mode_entered_total 4",
+        ] {
+            assert!(out.lines().any(|l| l == want), "{want} missing:\n{out}");
+        }
+        well_formed(&out);
     }
 }

@@ -30,7 +30,7 @@ pub mod reconcile;
 pub mod status;
 pub mod sync;
 
-use crate::director::{Maps, ServiceId, VirtualService, datapath};
+use crate::director::{Maps, ServiceId, VirtualService, allow, conntrack, datapath};
 use anyhow::Context as _;
 use config::{Argv, CheckConfig, DaemonConfig, OnFailure, ServiceConfig};
 use healthcheck::{CheckResult, CheckTarget, Health, Tracker};
@@ -94,6 +94,8 @@ struct Daemon {
     announcer: Option<announce::Announcer>,
     /// SIGTERM/SIGINT came: withdraw everything.
     stopping: bool,
+    /// CPUs in flood mode at the last look (its start and end are logged).
+    flooding: u32,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -109,12 +111,22 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             tunnel_source: None,
             generic: false,
             log: datapath::LogLevel::Off,
+            conn_table: cfg.conn_table,
+            flood_rate: cfg.flood_rate,
         })
         .with_context(|| format!("attaching the data path to {}", cfg.iface))?;
         for w in &r.warnings {
             warn!("{w}");
         }
         info!(iface = %cfg.iface, pin_dir = %pin_dir.display(), generic = r.generic, "attached the data path");
+    } else if let Some(n) = cfg.conn_table
+        && let Ok(sizes) = datapath::TableSizes::pinned(&pin_dir)
+        && sizes.conns != n
+    {
+        warn!(
+            "conn_table = {n} not applied: the attached data path's table has {} entries and keeps them until `lbadm detach` and attach (which loses connections)",
+            sizes.conns
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -161,6 +173,7 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
         sync: None,
         announcer: None,
         stopping: false,
+        flooding: 0,
     };
     d.apply_config(cfg.clone(), true)
         .context("applying the configuration")?;
@@ -191,7 +204,7 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
         let verify = tokio::select! {
             Some(ev) = rx.recv() => { d.on_event(ev); false }
             _ = hup.recv() => { d.reload(); false }
-            _ = tick.tick() => { d.write_status(); true }
+            _ = tick.tick() => { d.watch_flood(); d.write_status(); true }
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
@@ -211,6 +224,45 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
 }
 
 impl Daemon {
+    /// The flood threshold and the allow-lists, where the file sets them.
+    fn apply_limits(&mut self, cfg: &DaemonConfig) -> anyhow::Result<()> {
+        if let Some(rate) = cfg.flood_rate {
+            let l = self.maps.limits()?;
+            if l.flood_rate != rate {
+                self.maps.set_limits(&lb_common::Limits {
+                    flood_rate: rate,
+                    ..l
+                })?;
+                info!("flood mode now enters above {rate} new flows/s on a CPU (0: never)");
+            }
+        }
+        if let Some(lists) = &cfg.allow
+            && allow::read(&self.maps)? != *lists
+        {
+            allow::replace(&mut self.maps, lists)?;
+            info!("allow-lists set: {} VIP(s) with a list", lists.len());
+        }
+        Ok(())
+    }
+
+    /// Logs when flood mode starts and ends (the data path counts, it does not tell).
+    fn watch_flood(&mut self) {
+        let Ok(states) = self.maps.flood_states() else {
+            return;
+        };
+        let (cpus, _) = conntrack::flooding(&states, conntrack::now_ns());
+        if cpus > 0 && self.flooding == 0 {
+            warn!(
+                cpus,
+                "flood mode: new flows above the threshold; SYNs are forwarded by flow hash and not recorded, established connections are kept"
+            );
+        } else if cpus == 0 && self.flooding > 0 {
+            let trips: u64 = states.iter().map(|s| s.trips).sum();
+            info!(trips, "flood mode ended");
+        }
+        self.flooding = cpus;
+    }
+
     /// Announces the VIPs this director can serve and withdraws the others.
     async fn announce(&mut self, verify: bool) {
         let Some(a) = self.announcer.as_mut() else {
@@ -270,6 +322,7 @@ impl Daemon {
         let mut quorum = HashMap::new();
         let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
             let _lock = self.maps.lock()?;
+            self.apply_limits(&cfg)?;
             let current: HashMap<ServiceId, VirtualService> = self
                 .maps
                 .read()?

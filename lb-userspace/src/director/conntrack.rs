@@ -1,16 +1,20 @@
-//! Reading the data path's connection table and persistence templates the way IPVS reports
+//! Reading the data path's connection tables and persistence templates the way IPVS reports
 //! them: ActiveConn/InActConn per real (only ESTABLISHED is active) and one [`Entry`] per
-//! connection or template (what `ipvsadm -L -c` lists).
+//! connection or template (what `ipvsadm -L -c` lists); and how full the tables are and whether
+//! a flood is on ([`TableStatus`]).
 
 use super::{
     maps::{Maps, MapsError},
     table::{InstalledService, Protocol},
 };
+use crate::sys::bpffs::raw;
 use lb_common::{
     CONN_CLOSE, CONN_ESTABLISHED, CONN_FIN_WAIT, CONN_SYN_RECV, Conn, ConnKey, IPPROTO_UDP,
     REAL_F_IN_USE, conn_timeout_secs,
 };
-use std::{collections::HashMap, net::Ipv4Addr};
+use lb_common::{FloodState, MAP_CONNS, MAP_CONNS_NEW};
+use serde::Serialize;
+use std::{collections::HashMap, net::Ipv4Addr, os::fd::AsFd as _};
 
 const NS: u64 = 1_000_000_000;
 
@@ -47,10 +51,12 @@ fn remaining(maps: &Maps, c: &Conn, now: u64) -> Option<u64> {
         .filter(|&r| r > 0)
 }
 
+/// Live entries of both tables (an unconfirmed entry's `last_seen_ns` is its first packet, which
+/// is what its timeout counts from).
 fn live_entries(maps: &Maps) -> Result<Vec<(ConnKey, Conn, u64)>, MapsError> {
     let now = now_ns();
     let mut out = Vec::new();
-    for item in maps.conns.iter() {
+    for item in maps.conns.iter().chain(maps.conns_new.iter()) {
         let (k, c) = match item {
             Ok(kv) => kv,
             // An LRU entry evicted while we walk the table: skip it.
@@ -149,4 +155,92 @@ pub fn entries(maps: &Maps, installed: &[InstalledService]) -> Result<Vec<Entry>
     }
     rows.sort_by_key(|r| (r.vip, r.client, r.state));
     Ok(rows)
+}
+
+/// How full the connection tables are, and the flood detectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableStatus {
+    /// Entries in the table of established connections, and its size.
+    pub established: u64,
+    pub established_size: u32,
+    /// Entries in the table of connections not confirmed yet, and its size.
+    pub unconfirmed: u64,
+    pub unconfirmed_size: u32,
+    /// New flows per second per CPU that start flood mode (0: never).
+    pub flood_rate: u32,
+    /// CPUs in flood mode now.
+    pub flooding_cpus: u32,
+    /// Seconds since the earliest of the current floods began (None: no flood now).
+    pub flood_for_secs: Option<u64>,
+    /// Times a CPU entered flood mode since attach.
+    pub flood_trips: u64,
+    /// VIPs with a source allow-list.
+    pub allow_lists: usize,
+}
+
+/// CPUs in flood mode now, and since when. A CPU leaves flood mode only when a new flow comes
+/// in a calmer second, so one whose window has been over for a while, with no new flow since,
+/// is not counted.
+pub fn flooding(states: &[FloodState], now: u64) -> (u32, Option<u64>) {
+    let on: Vec<&FloodState> = states
+        .iter()
+        .filter(|s| s.flooding != 0 && now.saturating_sub(s.window_ns) < 2 * NS)
+        .collect();
+    let since = on.iter().map(|s| s.since_ns).min();
+    (on.len() as u32, since.map(|t| now.saturating_sub(t) / NS))
+}
+
+pub fn table_status(maps: &Maps) -> Result<TableStatus, MapsError> {
+    let (established_size, unconfirmed_size) = maps.table_sizes()?;
+    let count = |name: &'static str| -> Result<u64, MapsError> {
+        let io = |source| MapsError::Io {
+            what: format!("counting the entries of {name}"),
+            source,
+        };
+        let fd = raw::open_pinned(&maps.pin_dir().join(name)).map_err(io)?;
+        raw::count_entries(
+            fd.as_fd(),
+            size_of::<ConnKey>() as u32,
+            size_of::<Conn>() as u32,
+        )
+        .map_err(io)
+    };
+    let states = maps.flood_states()?;
+    let (flooding_cpus, flood_for_secs) = flooding(&states, now_ns());
+    Ok(TableStatus {
+        established: count(MAP_CONNS)?,
+        established_size,
+        unconfirmed: count(MAP_CONNS_NEW)?,
+        unconfirmed_size,
+        flood_rate: maps.limits()?.flood_rate,
+        flooding_cpus,
+        flood_for_secs,
+        flood_trips: states.iter().map(|s| s.trips).sum(),
+        allow_lists: super::allow::read(maps)?.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_floods_until_a_calm_second_or_two_quiet_ones() {
+        let s = |flooding, window_ns, since_ns| FloodState {
+            window_ns,
+            new_flows: 0,
+            flooding,
+            since_ns,
+            trips: 1,
+        };
+        let now = 100 * NS;
+        assert_eq!(flooding(&[], now), (0, None));
+        assert_eq!(
+            flooding(&[s(1, 99 * NS, 90 * NS), s(1, 99 * NS, 95 * NS)], now),
+            (2, Some(10))
+        );
+        // Flooding, but no new flow for over two seconds: the flood is over.
+        assert_eq!(flooding(&[s(1, 97 * NS, 90 * NS)], now), (0, None));
+        assert_eq!(flooding(&[s(0, 99 * NS, 90 * NS)], now), (0, None));
+    }
 }

@@ -23,8 +23,9 @@ use aya::{
     },
 };
 use lb_common::{
-    ATTACH_SET_FORWARDING, ATTACH_TC_NETLINK, ATTACH_XDP_GENERIC, Config, LAYOUT_VERSION,
-    MAP_CONFIG, MAP_META, Meta, PROG_LB, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    ATTACH_SET_FORWARDING, ATTACH_TC_NETLINK, ATTACH_XDP_GENERIC, Config, DEFAULT_FLOOD_RATE,
+    LAYOUT_VERSION, Limits, MAP_CONFIG, MAP_CONNS, MAP_CONNS_NEW, MAP_LIMITS, MAP_META, MIN_CONNS,
+    Meta, PROG_LB, PROG_TC_EGRESS, PROG_TC_INGRESS, unconfirmed_size,
 };
 use std::{
     net::Ipv4Addr,
@@ -52,6 +53,17 @@ pub enum DatapathError {
     AttachedElsewhere { iface: String, pin_dir: PathBuf },
     #[error("cannot upgrade the attached data path in place: {0}")]
     CannotUpgrade(String),
+    #[error(
+        "a connection table of {entries} entries needs about {need_mib} MiB of kernel memory and {avail_mib} MiB are available: choose a smaller --conn-table ({bytes} bytes per connection, established and unconfirmed tables together)",
+        bytes = TableSizes::BYTES_PER_CONN
+    )]
+    TableTooBig {
+        entries: u32,
+        need_mib: u64,
+        avail_mib: u64,
+    },
+    #[error("--conn-table {0} is too small: at least {MIN_CONNS} entries")]
+    TableTooSmall(u32),
     #[error(
         "interface `{0}` has no IPv4 address to use as the tunnel source: add one or pass --tunnel-source ADDR"
     )]
@@ -96,13 +108,67 @@ pub enum LogLevel {
     Debug = 4,
 }
 
-/// Loads the director object with its maps pinned (or reopened) under `pin_dir`.
-pub fn load(pin_dir: &Path, log: LogLevel) -> Result<Ebpf> {
+/// Entries of the two connection tables: established connections, and the smaller table of
+/// connections not confirmed yet. Fixed when the maps are created; an upgrade keeps them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableSizes {
+    pub conns: u32,
+    pub unconfirmed: u32,
+}
+
+impl TableSizes {
+    /// Kernel memory per established connection, its share of the unconfirmed table included
+    /// (LRU hash elements; fdinfo memlock on Linux 6.18, `cargo xtask bench -- --only conntrack`).
+    pub const BYTES_PER_CONN: u64 = 130;
+
+    /// The tables for `conns` established connections, or why not.
+    pub fn for_conns(conns: u32) -> Result<TableSizes> {
+        if conns < MIN_CONNS {
+            return Err(DatapathError::TableTooSmall(conns));
+        }
+        Ok(TableSizes {
+            conns,
+            unconfirmed: unconfirmed_size(conns),
+        })
+    }
+
+    /// Refuses tables that would take more than half the memory available now: the kernel
+    /// allocates them whole at attach, and a director that swaps is no director.
+    pub fn check_memory(&self, mem_available: u64) -> Result<()> {
+        let need = self.conns as u64 * Self::BYTES_PER_CONN;
+        if need > mem_available / 2 {
+            return Err(DatapathError::TableTooBig {
+                entries: self.conns,
+                need_mib: need >> 20,
+                avail_mib: mem_available >> 20,
+            });
+        }
+        Ok(())
+    }
+
+    /// The sizes of the tables pinned under `pin_dir` (a layout-2 data path has no unconfirmed
+    /// table yet: it gets the size that goes with its established one).
+    pub fn pinned(pin_dir: &Path) -> Result<TableSizes> {
+        let size =
+            |name: &str| aya::maps::MapInfo::from_pin(pin_dir.join(name)).map(|i| i.max_entries());
+        let conns = size(MAP_CONNS).ctx("reading the pinned connection table")?;
+        Ok(TableSizes {
+            conns,
+            unconfirmed: size(MAP_CONNS_NEW).unwrap_or(unconfirmed_size(conns)),
+        })
+    }
+}
+
+/// Loads the director object with its maps pinned (or reopened) under `pin_dir`, the
+/// connection tables at `sizes`.
+pub fn load(pin_dir: &Path, log: LogLevel, sizes: TableSizes) -> Result<Ebpf> {
     bpffs::create_pin_dir(pin_dir)?;
     let level = log as u8;
     EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .override_global("AYA_LOG_LEVEL", &level, true)
+        .map_max_entries(MAP_CONNS, sizes.conns)
+        .map_max_entries(MAP_CONNS_NEW, sizes.unconfirmed)
         .load(objects::LB)
         .ctx("loading the director's eBPF object")
 }
@@ -128,6 +194,12 @@ pub struct AttachOptions {
     /// Force generic (skb) mode instead of trying native first.
     pub generic: bool,
     pub log: LogLevel,
+    /// Entries of the established-connection table (default [`lb_common::DEFAULT_CONNS`]); an
+    /// upgrade keeps the pinned size and refuses another.
+    pub conn_table: Option<u32>,
+    /// New flows per second per CPU that start flood mode (0: never; default
+    /// [`DEFAULT_FLOOD_RATE`]); an upgrade keeps the running value unless this is given.
+    pub flood_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,13 +231,15 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
             .next()
             .ok_or_else(|| DatapathError::NoTunnelSource(opts.iface.clone()))?,
     };
+    let sizes = TableSizes::for_conns(opts.conn_table.unwrap_or(lb_common::DEFAULT_CONNS))?;
+    sizes.check_memory(host::mem_available()?)?;
     let existed = opts.pin_dir.exists();
     let mut undo = Undo {
         pin_dir: opts.pin_dir.clone(),
         remove_pins: !existed,
         iface: None,
     };
-    let mut bpf = load(&opts.pin_dir, opts.log)?;
+    let mut bpf = load(&opts.pin_dir, opts.log, sizes)?;
     let mut report = AttachReport {
         ifindex,
         generic: false,
@@ -269,6 +343,7 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
         flags: 0,
     };
     write_config(&mut bpf, &cfg)?;
+    write_limits(&mut bpf, opts.flood_rate.unwrap_or(DEFAULT_FLOOD_RATE))?;
     write_meta(&mut bpf, &meta)?;
     if report.forwarding_enabled {
         sysctl::ipv4_conf_write(&opts.iface, "forwarding", 1)?;
@@ -296,6 +371,18 @@ pub(super) fn write_meta(bpf: &mut Ebpf, meta: &Meta) -> Result<()> {
     })?;
     let mut arr: Array<&mut MapData, Meta> = Array::try_from(map).ctx("opening LB_META")?;
     arr.set(0, meta, 0).ctx("writing LB_META")
+}
+
+/// Sets the flood threshold, keeping the other limits.
+pub(super) fn write_limits(bpf: &mut Ebpf, flood_rate: u32) -> Result<()> {
+    let map = bpf.map_mut(MAP_LIMITS).ok_or_else(|| SysError::Bpf {
+        what: "map LB_LIMITS missing".into(),
+        source: "not found".into(),
+    })?;
+    let mut arr: Array<&mut MapData, Limits> = Array::try_from(map).ctx("opening LB_LIMITS")?;
+    let l = arr.get(&0, 0).ctx("reading LB_LIMITS")?;
+    arr.set(0, Limits { flood_rate, ..l }, 0)
+        .ctx("writing LB_LIMITS")
 }
 
 pub(super) fn write_config(bpf: &mut Ebpf, cfg: &Config) -> Result<()> {

@@ -138,6 +138,18 @@ pub fn object_shapes(object: &[u8]) -> Result<BTreeMap<String, Shape>, LayoutErr
         .collect())
 }
 
+/// The connection tables' shapes as they will be loaded (the object holds the default sizes).
+pub fn set_table_sizes(shapes: &mut BTreeMap<String, Shape>, sizes: super::datapath::TableSizes) {
+    for (name, n) in [
+        (lb_common::MAP_CONNS, sizes.conns),
+        (lb_common::MAP_CONNS_NEW, sizes.unconfirmed),
+    ] {
+        if let Some(s) = shapes.get_mut(name) {
+            s.max_entries = n;
+        }
+    }
+}
+
 /// The shapes of those of `names` that are pinned under `pin_dir`.
 pub fn pinned_shapes<'a>(
     pin_dir: &Path,

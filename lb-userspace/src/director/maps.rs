@@ -10,12 +10,13 @@ use super::{
     scheduler::Scheduler,
     table::{InstalledService, RealServer, ServiceId, VirtualService, addr},
 };
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use lb_common::{
-    Config, Conn, ConnKey, Counters, MAP_CONFIG, MAP_CONNS, MAP_CURSORS, MAP_PERSIST,
-    MAP_REAL_STATS, MAP_REALS, MAP_REASONS, MAP_SERVICES, MAP_SVC_STATS, MAP_TABLES,
-    MAP_VIP_FILTER, MAX_REALS, Persist, PersistKey, REAL_F_IN_USE, Real, Reason, SchedTable,
-    Service, ServiceKey, VIP_FILTER_WORDS,
+    AllowKey, Config, Conn, ConnKey, Counters, FloodState, Limits, MAP_ALLOW, MAP_CONFIG,
+    MAP_CONNS, MAP_CONNS_NEW, MAP_CURSORS, MAP_FLOOD, MAP_LIMITS, MAP_PERSIST, MAP_REAL_STATS,
+    MAP_REALS, MAP_REASONS, MAP_SERVICES, MAP_SVC_STATS, MAP_TABLES, MAP_VIP_FILTER, MAX_REALS,
+    Persist, PersistKey, REAL_F_IN_USE, Real, Reason, SchedTable, Service, ServiceKey,
+    VIP_FILTER_WORDS,
 };
 use std::{
     collections::BTreeMap,
@@ -30,6 +31,10 @@ pub enum MapsError {
         "the data path is not attached (nothing pinned under {0}): run `lbadm attach --iface IF`"
     )]
     NotAttached(PathBuf),
+    #[error(
+        "the data path pinned under {0} was attached by an older lbadm (no {MAP_CONNS_NEW}): `lbadm attach --iface IF` upgrades it in place, keeping its connections"
+    )]
+    OlderLayout(PathBuf),
     #[error("cannot open the pinned map {name}: {source}")]
     Open {
         name: &'static str,
@@ -67,7 +72,13 @@ pub struct Maps {
     pub reals: Array<MapData, Real>,
     pub tables: Array<MapData, SchedTable>,
     pub cursors: PerCpuArray<MapData, u32>,
+    /// Established (confirmed) connections.
     pub conns: HashMap<MapData, ConnKey, Conn>,
+    /// Connections not confirmed yet.
+    pub conns_new: HashMap<MapData, ConnKey, Conn>,
+    pub limits: Array<MapData, Limits>,
+    pub flood: PerCpuArray<MapData, FloodState>,
+    pub allow: LpmTrie<MapData, AllowKey, u32>,
     pub svc_stats: PerCpuArray<MapData, Counters>,
     pub real_stats: PerCpuArray<MapData, Counters>,
     pub reasons: PerCpuArray<MapData, u64>,
@@ -108,12 +119,19 @@ impl Maps {
         if !pin_dir.join(MAP_SERVICES).exists() {
             return Err(MapsError::NotAttached(pin_dir.into()));
         }
+        if !pin_dir.join(MAP_CONNS_NEW).exists() {
+            return Err(MapsError::OlderLayout(pin_dir.into()));
+        }
         Ok(Maps {
             services: typed!(pin_dir, MAP_SERVICES),
             reals: typed!(pin_dir, MAP_REALS),
             tables: typed!(pin_dir, MAP_TABLES),
             cursors: typed!(pin_dir, MAP_CURSORS),
             conns: typed!(pin_dir, MAP_CONNS),
+            conns_new: typed!(pin_dir, MAP_CONNS_NEW),
+            limits: typed!(pin_dir, MAP_LIMITS),
+            flood: typed!(pin_dir, MAP_FLOOD),
+            allow: typed!(pin_dir, MAP_ALLOW),
             svc_stats: typed!(pin_dir, MAP_SVC_STATS),
             real_stats: typed!(pin_dir, MAP_REAL_STATS),
             reasons: typed!(pin_dir, MAP_REASONS),
@@ -358,6 +376,41 @@ impl Maps {
 
     pub fn config(&self) -> Result<Config> {
         self.config.get(&0, 0).map_err(map_err("reading LB_CONFIG"))
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn limits(&self) -> Result<Limits> {
+        self.limits.get(&0, 0).map_err(map_err("reading LB_LIMITS"))
+    }
+
+    pub fn set_limits(&mut self, l: &Limits) -> Result<()> {
+        self.limits
+            .set(0, l, 0)
+            .map_err(map_err("writing LB_LIMITS"))
+    }
+
+    /// Every CPU's flood detector.
+    pub fn flood_states(&self) -> Result<Vec<FloodState>> {
+        Ok(self
+            .flood
+            .get(&0, 0)
+            .map_err(map_err("reading LB_FLOOD"))?
+            .iter()
+            .copied()
+            .collect())
+    }
+
+    /// Entries of the established table and of the unconfirmed one, as created.
+    pub fn table_sizes(&self) -> Result<(u32, u32)> {
+        let size = |name: &'static str| {
+            MapInfo::from_pin(self.pin_dir.join(name))
+                .map(|i| i.max_entries())
+                .map_err(|source| MapsError::Open { name, source })
+        };
+        Ok((size(MAP_CONNS)?, size(MAP_CONNS_NEW)?))
     }
 }
 

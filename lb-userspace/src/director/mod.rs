@@ -4,6 +4,7 @@
 //! (`scheduler`) and the planning of a change (`plan`). `ipvsadm` and `daemon` both change the
 //! director through [`maps::Maps::apply`].
 
+pub mod allow;
 pub mod conntrack;
 pub mod datapath;
 pub mod layout;
@@ -13,6 +14,7 @@ pub mod plan;
 pub mod scheduler;
 pub mod status;
 pub mod table;
+pub mod trace;
 pub mod upgrade;
 
 pub use maps::{Maps, MapsError};

@@ -2,6 +2,7 @@
 //! reason; `lbadm log`: its debug events.
 
 use super::{
+    conntrack::{self, TableStatus},
     datapath::{self, DatapathError},
     maps::{Maps, MapsError},
 };
@@ -18,6 +19,8 @@ pub struct DatapathStatus {
     pub tunnel_source: Ipv4Addr,
     pub pin_dir: std::path::PathBuf,
     pub services: usize,
+    /// The connection tables' fill, flood mode, allow-lists.
+    pub table: TableStatus,
     /// Packets per reason, in the data path's counter order.
     pub counters: BTreeMap<&'static str, u64>,
     #[serde(skip)]
@@ -43,6 +46,7 @@ pub fn read(pin_dir: &Path) -> Result<DatapathStatus, MapsError> {
         tunnel_source: Ipv4Addr::from(cfg.tunnel_src.to_ne_bytes()),
         pin_dir: pin_dir.into(),
         services: maps.read()?.len(),
+        table: conntrack::table_status(&maps)?,
         counters: order.iter().copied().collect(),
         order,
     })
@@ -65,6 +69,35 @@ impl DatapathStatus {
         );
         let _ = writeln!(out, "pin dir:   {}", self.pin_dir.display());
         let _ = writeln!(out, "services:  {}", self.services);
+        let t = &self.table;
+        let _ = writeln!(
+            out,
+            "connections: {} established (table of {}), {} unconfirmed (table of {})",
+            t.established, t.established_size, t.unconfirmed, t.unconfirmed_size
+        );
+        let threshold = match t.flood_rate {
+            0 => "never (flood_rate 0)".to_string(),
+            n => format!("above {n} new flows/s on a CPU"),
+        };
+        let _ = match t.flood_for_secs {
+            Some(secs) => writeln!(
+                out,
+                "flood mode: ON on {} CPU(s) for {secs} s: SYNs forwarded, not recorded; enters {threshold}; entered {} times",
+                t.flooding_cpus, t.flood_trips
+            ),
+            None => writeln!(
+                out,
+                "flood mode: off; enters {threshold}; entered {} times",
+                t.flood_trips
+            ),
+        };
+        if t.allow_lists > 0 {
+            let _ = writeln!(
+                out,
+                "allow-lists: {} VIP(s) take new connections only from listed sources (`lbadm allow list`)",
+                t.allow_lists
+            );
+        }
         let _ = writeln!(out, "counters:");
         for (name, n) in &self.order {
             let _ = writeln!(out, "  {name:<20} {n}");

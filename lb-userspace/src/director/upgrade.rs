@@ -18,8 +18,8 @@
 
 use super::{
     datapath::{
-        AttachOptions, AttachReport, Ctx as _, DatapathError, Result, TC_PROGRAMS, load, prog_mut,
-        read_config, write_config, write_meta,
+        AttachOptions, AttachReport, Ctx as _, DatapathError, Result, TC_PROGRAMS, TableSizes,
+        load, prog_mut, read_config, write_config, write_limits, write_meta,
     },
     layout::{self, UpgradePlan},
 };
@@ -62,7 +62,15 @@ pub fn upgrade(opts: &AttachOptions, ifindex: u32) -> Result<AttachReport> {
             "it was attached by an lbadm that did not record its TC filters, on a kernel without TCX links (before 6.6): `lbadm detach` and attach once with this lbadm (which loses connections); later upgrades keep them".into(),
         ));
     }
-    let ours = layout::object_shapes(objects::LB).map_err(layout_err)?;
+    let sizes = TableSizes::pinned(pin)?;
+    if let Some(n) = opts.conn_table.filter(|&n| n != sizes.conns) {
+        return Err(DatapathError::CannotUpgrade(format!(
+            "the connection table has {} entries and an in-place upgrade keeps them; --conn-table {n} needs `lbadm detach` and attach (which loses connections)",
+            sizes.conns
+        )));
+    }
+    let mut ours = layout::object_shapes(objects::LB).map_err(layout_err)?;
+    layout::set_table_sizes(&mut ours, sizes);
     let pinned = layout::pinned_shapes(pin, ours.keys()).map_err(layout_err)?;
     let plan = layout::plan(meta.map_or(1, |m| m.layout), &pinned, &ours).map_err(layout_err)?;
 
@@ -78,7 +86,7 @@ pub fn upgrade(opts: &AttachOptions, ifindex: u32) -> Result<AttachReport> {
         std::fs::remove_file(&path).map_err(bpf(format!("unpinning {}", path.display())))?;
         undo.unpinned.push((name.clone(), old));
     }
-    let mut ebpf = load(pin, opts.log)?;
+    let mut ebpf = load(pin, opts.log, sizes)?;
     for (name, old) in &undo.unpinned {
         copy_grown(&ebpf, name, old.as_fd(), &pinned[name])?;
     }
@@ -137,6 +145,13 @@ pub fn upgrade(opts: &AttachOptions, ifindex: u32) -> Result<AttachReport> {
             ..meta.unwrap_or_default()
         },
     )?;
+    let new_limits = plan.new_maps.iter().any(|m| m == lb_common::MAP_LIMITS);
+    if let Some(rate) = opts
+        .flood_rate
+        .or(new_limits.then_some(lb_common::DEFAULT_FLOOD_RATE))
+    {
+        write_limits(&mut ebpf, rate)?;
+    }
     if let Some(src) = opts.tunnel_source {
         cfg.tunnel_src = ip_be(src.octets());
         write_config(&mut ebpf, &cfg)?;

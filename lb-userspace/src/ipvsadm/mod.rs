@@ -376,7 +376,11 @@ fn list(maps: &Maps, inv: &Invocation) -> Outcome {
         single_service: id.is_some(),
         sort: !inv.nosort,
     };
-    Outcome::ok(fmt::list(&rows, &opts, lb_common::MAX_CONNS, resolver))
+    let size = match maps.table_sizes() {
+        Ok((established, _)) => established,
+        Err(e) => return map_failure(e),
+    };
+    Outcome::ok(fmt::list(&rows, &opts, size, resolver))
 }
 
 fn save(maps: &Maps, numeric: bool) -> Outcome {

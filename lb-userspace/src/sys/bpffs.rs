@@ -98,9 +98,9 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
     )
 }
 
-/// The `bpf(2)` calls an in-place upgrade needs that aya keeps to itself: opening a pinned
-/// link, asking which program it runs, pointing it at another one, and copying an array map
-/// whatever its value type.
+/// The `bpf(2)` calls aya keeps to itself: opening a pinned link, asking which program it runs,
+/// pointing it at another one, copying an array map whatever its value type (an in-place
+/// upgrade), and counting a hash map's entries in batches (the connection tables' fill).
 pub mod raw {
     use std::{
         ffi::CString,
@@ -258,5 +258,55 @@ pub mod raw {
             bpf(BPF_MAP_UPDATE_ELEM, &mut set)?;
         }
         Ok(())
+    }
+
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+    /// The number of entries in a hash map, read `BPF_MAP_LOOKUP_BATCH` by batch (a million
+    /// entries in a few hundred calls, where walking the keys takes two calls per entry).
+    pub fn count_entries(map: BorrowedFd<'_>, key_size: u32, value_size: u32) -> io::Result<u64> {
+        #[repr(C)]
+        struct BatchAttr {
+            in_batch: u64,
+            out_batch: u64,
+            keys: u64,
+            values: u64,
+            count: u32,
+            map_fd: u32,
+            elem_flags: u64,
+            flags: u64,
+        }
+        const BATCH: u32 = 4096;
+        let mut keys = vec![0u8; (key_size * BATCH) as usize];
+        let mut values = vec![0u8; (value_size.next_multiple_of(8) * BATCH) as usize];
+        // The kernel's token for hash maps is a bucket index.
+        let (mut token_in, mut token_out) = (0u64, 0u64);
+        let mut total = 0;
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first {
+                    0
+                } else {
+                    &mut token_in as *mut u64 as u64
+                },
+                out_batch: &mut token_out as *mut u64 as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: BATCH,
+                map_fd: map.as_raw_fd() as u32,
+                elem_flags: 0,
+                flags: 0,
+            };
+            let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            total += attr.count as u64;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
+                Err(e) => return Err(e),
+            }
+            first = false;
+            token_in = token_out;
+        }
     }
 }

@@ -45,7 +45,12 @@ use kernel::*;
 use report::*;
 
 /// The test binaries (integration-test targets of `tests/`) that run in the guest, in order.
-pub const VM_SUITE: &[&str] = &["datapath_fixture", "realserver", "e2e_director"];
+pub const VM_SUITE: &[&str] = &[
+    "datapath_fixture",
+    "conntrack_fixture",
+    "realserver",
+    "e2e_director",
+];
 
 /// The whole `vm-test` run (build + kernel + guest) is bounded by this.
 const TOTAL_SECS: u64 = 20 * 60;

@@ -1,11 +1,18 @@
-//! The connection table: a flow's real, looked up before anything else, and its TCP state as
+//! The connection tables: a flow's real, looked up before anything else, and its TCP state as
 //! IPVS tracks it from the client side (tunnel mode sees only the inbound half).
-use crate::maps::{CONNS, PERSIST, REALS, report};
+//!
+//! Two LRU tables, so that no flood of half-open flows can evict an established connection:
+//! a new flow goes into `CONNS_NEW`, and moves to `CONNS` when it is confirmed — by the
+//! client's ACK of the handshake, or, for a flow first seen without a SYN (and UDP), by a packet
+//! [`CONFIRM_AFTER_NS`] after its first. A spoofed SYN, sent once or twice, never gets there.
+//! Only confirmed connections are reported to the sync daemon.
+use crate::maps::{CONNS, CONNS_NEW, PERSIST, REALS, bump, report};
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 use lb_common::{
-    CONN_CLOSE, CONN_ESTABLISHED, CONN_F_PERSIST, CONN_FIN_WAIT, CONN_SYN_RECV, CONN_UDP, Conn,
-    ConnKey, IPPROTO_TCP, PersistKey, REAL_F_IN_USE, Real, Reason, SyncEvent, conn_timeout_secs,
+    CONFIRM_AFTER_NS, CONN_CLOSE, CONN_ESTABLISHED, CONN_F_PERSIST, CONN_FIN_WAIT, CONN_SYN_RECV,
+    CONN_UDP, Conn, ConnKey, IPPROTO_TCP, PersistKey, REAL_F_IN_USE, Real, Reason, SyncEvent,
+    conn_timeout_secs,
 };
 use lb_ebpf::hdr::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
@@ -52,21 +59,40 @@ pub fn real_valid(id: u32, gen_: u32, svc_id: u32) -> Option<Real> {
 pub fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Reason> {
     let tcp = key.proto == IPPROTO_TCP;
     let syn = tcp && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+    if let Some(c) = CONNS.get_ptr_mut(key) {
+        return confirmed(key, unsafe { &mut *c }, flags, syn, now);
+    }
     let miss = if tcp && !syn {
         Reason::NonSynMiss
     } else {
         Reason::NewConn
     };
-    let Some(c) = CONNS.get_ptr_mut(key) else {
+    let Some(c) = CONNS_NEW.get_ptr_mut(key) else {
         return Err(miss);
     };
-    let conn = unsafe { &mut *c };
+    unconfirmed(key, unsafe { &mut *c }, flags, syn, now, miss)
+}
+
+/// A packet of an established connection: its state and `last_seen` move on.
+#[inline(always)]
+fn confirmed(
+    key: &ConnKey,
+    conn: &mut Conn,
+    flags: u8,
+    syn: bool,
+    now: u64,
+) -> Result<(u32, Real), Reason> {
     let age = now.wrapping_sub(conn.last_seen_ns);
     if age > conn_timeout_secs(conn.state) * NS_PER_SEC {
-        return Err(miss);
+        return Err(if syn {
+            Reason::NewConn
+        } else {
+            Reason::NonSynMiss
+        });
     }
     // A SYN on a connection past its handshake opens a new connection on a reused tuple
-    // (IPVS's conn_reuse_mode): schedule it afresh. A retransmitted SYN keeps its real.
+    // (IPVS's conn_reuse_mode): schedule it afresh. (A peer's sync may bring a SYN_RECV entry:
+    // a retransmitted SYN keeps its real.)
     if syn && conn.state != CONN_SYN_RECV {
         return Err(Reason::NewConn);
     }
@@ -80,22 +106,79 @@ pub fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Re
         if changed {
             report(event(key, conn, now));
         }
-        if conn.flags & CONN_F_PERSIST != 0 {
-            let pk = PersistKey {
-                service_id: conn.service_id,
-                saddr: key.saddr,
-            };
-            if let Some(t) = PERSIST.get_ptr_mut(&pk) {
-                unsafe { (*t).last_seen_ns = now };
-            }
-        }
+        refresh_template(key, conn, now);
     }
     Ok((conn.real_id, real))
 }
 
-/// Records a newly scheduled connection. Katran's lesson: an RST needs no state, and inserting
-/// on it lets a scan fill the table.
+/// A packet of a connection not confirmed yet. Its `last_seen_ns` stays the time of its first
+/// packet (a half-open flow expires by then, however often it is repeated); the packet that
+/// confirms it moves it to `CONNS`.
 #[inline(always)]
+fn unconfirmed(
+    key: &ConnKey,
+    conn: &mut Conn,
+    flags: u8,
+    syn: bool,
+    now: u64,
+    miss: Reason,
+) -> Result<(u32, Real), Reason> {
+    let age = now.wrapping_sub(conn.last_seen_ns);
+    if age > conn_timeout_secs(conn.state) * NS_PER_SEC {
+        return Err(miss);
+    }
+    // A retransmitted SYN keeps its real; a SYN on a flow that began without one is a new
+    // connection on the tuple.
+    if syn && conn.state != CONN_SYN_RECV {
+        return Err(Reason::NewConn);
+    }
+    let real =
+        real_valid(conn.real_id, conn.real_gen, conn.service_id).ok_or(Reason::Rescheduled)?;
+    let proves = if conn.state == CONN_SYN_RECV {
+        !syn && flags & TCP_ACK != 0 && flags & TCP_RST == 0
+    } else {
+        age >= CONFIRM_AFTER_NS
+    };
+    if proves {
+        let c = Conn {
+            state: next_state(key.proto, flags, conn.state),
+            last_seen_ns: now,
+            ..*conn
+        };
+        if CONNS.insert(key, &c, 0).is_ok() {
+            let _ = CONNS_NEW.remove(key);
+            bump(Reason::Confirmed);
+            report(event(key, &c, now));
+        } else {
+            bump(Reason::ConnInsertFail);
+        }
+        refresh_template(key, &c, now);
+    } else if flags & TCP_RST != 0 {
+        // The client gave up: its entry expires in CLOSE's 10 s, counted from its first packet.
+        conn.state = CONN_CLOSE;
+    }
+    Ok((conn.real_id, real))
+}
+
+/// A connection's packets keep its client's persistence template alive.
+#[inline(always)]
+fn refresh_template(key: &ConnKey, conn: &Conn, now: u64) {
+    if conn.flags & CONN_F_PERSIST != 0 {
+        let pk = PersistKey {
+            service_id: conn.service_id,
+            saddr: key.saddr,
+        };
+        if let Some(t) = PERSIST.get_ptr_mut(&pk) {
+            unsafe { (*t).last_seen_ns = now };
+        }
+    }
+}
+
+/// Records a newly scheduled connection as unconfirmed. Katran's lesson: an RST needs no
+/// state, and inserting on it lets a scan fill the table. In flood mode a SYN is not recorded
+/// either: its real follows from the flow hash, and its handshake's ACK is recorded instead.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn record(
     ctx: &XdpContext,
     key: &ConnKey,
@@ -104,24 +187,28 @@ pub fn record(
     real: &Real,
     svc_id: u32,
     persistent: bool,
+    flooding: bool,
     now: u64,
 ) {
     if flags & TCP_RST != 0 {
+        return;
+    }
+    let state = next_state(key.proto, flags, 0);
+    if flooding && state == CONN_SYN_RECV {
+        bump(Reason::FloodNotRecorded);
         return;
     }
     let conn = Conn {
         real_id,
         real_gen: real.generation,
         service_id: svc_id,
-        state: next_state(key.proto, flags, 0),
+        state,
         flags: if persistent { CONN_F_PERSIST } else { 0 },
         _pad: [0; 2],
         last_seen_ns: now,
     };
-    if CONNS.insert(key, &conn, 0).is_ok() {
-        report(event(key, &conn, now));
-    } else {
-        crate::maps::bump(Reason::ConnInsertFail);
+    if CONNS_NEW.insert(key, &conn, 0).is_err() {
+        bump(Reason::ConnInsertFail);
         warn!(
             ctx,
             "connection table insert failed for {:i}:{}",

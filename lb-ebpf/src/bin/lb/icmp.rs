@@ -4,7 +4,7 @@ use crate::{
     Packet, Verdict,
     conntrack::real_valid,
     discard, encap,
-    maps::{CONNS, bump},
+    maps::{CONNS, CONNS_NEW, bump},
     pass,
 };
 use aya_ebpf::{
@@ -131,7 +131,7 @@ pub fn forward_error(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict>
         _pad: [0; 3],
     };
     // The connection entry names the service through its real; no service lookup needed.
-    let conn = match CONNS.get_ptr(&key) {
+    let conn = match CONNS.get_ptr(&key).or_else(|| CONNS_NEW.get_ptr(&key)) {
         Some(c) => unsafe { *c },
         None => return Err(pass(Reason::PassNotService)),
     };

@@ -1,7 +1,8 @@
 //! The director: forwards packets for virtual services to real servers over IPIP (LVS-TUN).
 //!
 //! One packet: `parse` (here) → `conntrack::established` → for a new flow
-//! `schedule::lookup_service` + `schedule::pick` + `conntrack::record` → `encap::encapsulate`
+//! `schedule::lookup_service` + `admit` (allow-list, flood mode) + `schedule::pick` +
+//! `conntrack::record` → `encap::encapsulate`
 //! (next hop, outer header, way out) → counted here. Every step returns a `Result`; the entry
 //! point turns the outcome into one XDP action and one reason counter. `icmp` answers and
 //! forwards ICMP errors; `peer` decapsulates for this host's own real (two-node layout); `tc`
@@ -9,6 +10,7 @@
 #![no_std]
 #![no_main]
 
+mod admit;
 mod conntrack;
 mod encap;
 mod icmp;
@@ -185,7 +187,11 @@ fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
         Err(hint) => {
             let svc = schedule::lookup_service(pkt.daddr, dport, pkt.proto)
                 .ok_or(pass(Reason::PassNotService))?;
-            match schedule::pick(&key, &svc, now, hint) {
+            if !admit::allowed(pkt.daddr, pkt.saddr) {
+                return Err(discard(Reason::DropNotAllowed));
+            }
+            let flooding = admit::flooding(ctx, now);
+            match schedule::pick(&key, &svc, now, hint, flooding) {
                 Ok((id, real, event)) => {
                     conntrack::record(
                         ctx,
@@ -195,6 +201,7 @@ fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
                         &real,
                         svc.id,
                         svc.persist_timeout > 0,
+                        flooding,
                         now,
                     );
                     debug!(

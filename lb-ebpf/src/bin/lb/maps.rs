@@ -2,13 +2,13 @@
 //! every map is pinned, so the state outlives the program and the process that loaded it.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    CONFIG_F_SYNC, Config, Conn, ConnKey, Counters, MAX_CONNS, MAX_PEERS, MAX_PERSIST, MAX_PROBES,
-    MAX_REALS, MAX_SERVICES, Meta, NextHop, Persist, PersistKey, Probe, ProbeKey, REASON_SLOTS,
-    Real, Reason, SYNC_RING_BYTES, SchedTable, Service, ServiceKey, SyncEvent, VIP_FILTER_WORDS,
-    vip_filter_bit,
+    AllowKey, CONFIG_F_SYNC, Config, Conn, ConnKey, Counters, DEFAULT_CONNS, FloodState, Limits,
+    MAX_ALLOW, MAX_PEERS, MAX_PERSIST, MAX_PROBES, MAX_REALS, MAX_SERVICES, Meta, NextHop, Persist,
+    PersistKey, Probe, ProbeKey, REASON_SLOTS, Real, Reason, SYNC_RING_BYTES, SchedTable, Service,
+    ServiceKey, SyncEvent, VIP_FILTER_WORDS, vip_filter_bit,
 };
 
 #[map(name = "LB_SERVICES")]
@@ -23,8 +23,25 @@ pub static TABLES: Array<SchedTable> = Array::pinned(MAX_SERVICES * 2, 0);
 #[map(name = "LB_CURSORS")]
 pub static CURSORS: PerCpuArray<u32> = PerCpuArray::pinned(MAX_SERVICES, 0);
 
+/// Established (confirmed) connections: only a completed handshake, or a flow that proved
+/// itself, gets in, so no flood of half-open flows can evict them.
 #[map(name = "LB_CONNS")]
-pub static CONNS: LruHashMap<ConnKey, Conn> = LruHashMap::pinned(MAX_CONNS, 0);
+pub static CONNS: LruHashMap<ConnKey, Conn> = LruHashMap::pinned(DEFAULT_CONNS, 0);
+
+/// Connections not confirmed yet (a SYN seen, or a flow picked up mid-stream).
+#[map(name = "LB_CONNS_NEW")]
+pub static CONNS_NEW: LruHashMap<ConnKey, Conn> =
+    LruHashMap::pinned(lb_common::unconfirmed_size(DEFAULT_CONNS), 0);
+
+#[map(name = "LB_LIMITS")]
+pub static LIMITS: Array<Limits> = Array::pinned(1, 0);
+
+#[map(name = "LB_FLOOD")]
+pub static FLOOD: PerCpuArray<FloodState> = PerCpuArray::pinned(1, 0);
+
+/// Per-VIP source allow-lists (see `AllowKey`).
+#[map(name = "LB_ALLOW")]
+pub static ALLOW: LpmTrie<AllowKey, u32> = LpmTrie::pinned(MAX_ALLOW, 0);
 
 #[map(name = "LB_SVC_STATS")]
 pub static SVC_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_SERVICES, 0);

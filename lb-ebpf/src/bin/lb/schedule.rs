@@ -1,5 +1,6 @@
 //! Which real a new connection goes to: the service, the client's persistence template if the
-//! service has one, else one slot of the table userspace precomputed (rr, wrr, mh).
+//! service has one, else one slot of the table userspace precomputed (rr, wrr, mh). In flood
+//! mode rr and wrr index their table by the flow hash instead of walking it.
 use crate::{
     conntrack::{NS_PER_SEC, real_valid},
     maps::{CONFIG, CURSORS, PERSIST, REALS, SERVICES, TABLES, report},
@@ -7,7 +8,7 @@ use crate::{
 use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use lb_common::{
     Conn, ConnKey, Persist, PersistKey, REAL_F_IN_USE, Real, Reason, SCHED_MH, SCHED_SLOTS,
-    SYNC_F_TEMPLATE, Service, ServiceKey, SyncEvent,
+    SYNC_F_TEMPLATE, Service, ServiceKey, SyncEvent, flow_hash, mh_hash,
 };
 
 /// The service for a destination: the exact port, else a persistent port-0 service of the VIP.
@@ -35,9 +36,10 @@ pub fn pick(
     svc: &Service,
     now: u64,
     event: Reason,
+    flooding: bool,
 ) -> Result<(u32, Real, Reason), Reason> {
     if svc.persist_timeout == 0 {
-        let (id, real) = schedule(key, svc)?;
+        let (id, real) = schedule(key, svc, flooding)?;
         return Ok((id, real, event));
     }
     let pk = PersistKey {
@@ -47,7 +49,7 @@ pub fn pick(
     if let Some((id, real)) = persisted(&pk, svc, now) {
         return Ok((id, real, Reason::Persisted));
     }
-    let (id, real) = schedule(key, svc)?;
+    let (id, real) = schedule(key, svc, flooding)?;
     let t = Persist {
         real_id: id,
         real_gen: real.generation,
@@ -93,7 +95,7 @@ fn persisted(pk: &PersistKey, svc: &Service, now: u64) -> Option<(u32, Real)> {
 
 /// Picks a real for a new connection from the service's live scheduling table.
 #[inline(always)]
-fn schedule(key: &ConnKey, svc: &Service) -> Result<(u32, Real), Reason> {
+fn schedule(key: &ConnKey, svc: &Service, flooding: bool) -> Result<(u32, Real), Reason> {
     let table = TABLES
         .get(svc.id * 2 + (svc.table & 1))
         .ok_or(Reason::NoRealUnreach)?;
@@ -103,6 +105,8 @@ fn schedule(key: &ConnKey, svc: &Service) -> Result<(u32, Real), Reason> {
     }
     let slot = if svc.sched == SCHED_MH {
         mh_hash(key.saddr) % len
+    } else if flooding {
+        flow_hash(key) % len
     } else {
         // Per-CPU cursors need no lock; each CPU walks the table in order from its own
         // starting point, so every CPU's own sequence is exactly the table's.
@@ -122,10 +126,4 @@ fn schedule(key: &ConnKey, svc: &Service) -> Result<(u32, Real), Reason> {
         return Err(Reason::NoRealUnreach);
     }
     Ok((real_id, *real))
-}
-
-/// The source-address hash IPVS's `mh` scheduler uses (hash_32 of the address, golden ratio).
-#[inline(always)]
-fn mh_hash(addr: u32) -> u32 {
-    u32::from_be(addr).wrapping_mul(0x61C8_8647)
 }

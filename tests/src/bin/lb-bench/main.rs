@@ -24,6 +24,7 @@ use lb_userspace::director::{
 };
 use std::{net::Ipv4Addr, os::fd::AsFd};
 
+mod conntrack;
 mod fleet;
 mod health;
 mod mysql;
@@ -32,13 +33,15 @@ mod sink;
 mod sync;
 mod upgrade;
 
-const TEMPLATE_MAX: usize = 128;
+pub(crate) const TEMPLATE_MAX: usize = 128;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Template {
+pub(crate) struct Template {
     len: u32,
     vary_port_at: u32,
+    vary_addr_at: u32,
+    _pad: u32,
     bytes: [u8; TEMPLATE_MAX],
 }
 unsafe impl aya::Pod for Template {}
@@ -62,8 +65,17 @@ struct Args {
     baseline: Option<std::path::PathBuf>,
 }
 
-const SECTIONS: [&str; 9] = [
-    "datapath", "cli", "health", "pps", "mysql", "failover", "sync", "upgrade", "fleet",
+const SECTIONS: [&str; 10] = [
+    "datapath",
+    "conntrack",
+    "cli",
+    "health",
+    "pps",
+    "mysql",
+    "failover",
+    "sync",
+    "upgrade",
+    "fleet",
 ];
 
 fn parse_args() -> Result<Args> {
@@ -110,6 +122,11 @@ fn main() -> Result<()> {
         ns.run(|| bench(&args, ifindex, mac))?;
         println!();
     }
+    if run("conntrack") {
+        let (ns, ifindex, _) = fixture::fixture_netns()?;
+        ns.run(|| conntrack::bench(&args, ifindex))?;
+        println!();
+    }
     if run("cli") {
         bench_cli()?;
         println!();
@@ -145,7 +162,7 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn xdp<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+pub(crate) fn xdp<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     Ok(bpf
         .program_mut(name)
         .with_context(|| format!("{name} missing"))?
@@ -357,6 +374,8 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
                     let mut t = Template {
                         len: frame.len() as u32,
                         vary_port_at: 0,
+                        vary_addr_at: 0,
+                        _pad: 0,
                         bytes: [0; TEMPLATE_MAX],
                     };
                     t.bytes[..frame.len()].copy_from_slice(frame);
@@ -470,7 +489,11 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
 fn bench_cli() -> Result<()> {
     use lb_userspace::ipvsadm::run;
     let pins = fixture::PinDir::new("benchcli");
-    let _obj = datapath::load(&pins.0, datapath::LogLevel::Off)?;
+    let _obj = datapath::load(
+        &pins.0,
+        datapath::LogLevel::Off,
+        datapath::TableSizes::for_conns(lb_common::DEFAULT_CONNS)?,
+    )?;
     let rules = lb_tests::assertions::restore_rules(1000, 10);
     let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let (mut restore, mut list) = (Vec::new(), Vec::new());
@@ -520,7 +543,7 @@ fn syn_for(est: &[u8]) -> Vec<u8> {
     f
 }
 
-fn run(
+pub(crate) fn run(
     fd: &impl std::os::fd::AsRawFd,
     frame: &[u8],
     ifindex: u32,
@@ -544,7 +567,7 @@ fn run(
     Ok(r.duration_ns as f64)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }

@@ -14,6 +14,7 @@ use aya::{
 };
 use lb_tests::{
     fixture::PinDir,
+    flood::{raw_socket, send_all},
     lbadm_bin,
     lbbed::attach_pass,
     netns::Netns,
@@ -21,7 +22,7 @@ use lb_tests::{
     testbed::{TestBed, TestBedOpts},
 };
 use std::{
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -216,78 +217,6 @@ fn lbadm(ns: &Netns, pins: &PinDir, args: &[&str]) -> Result<()> {
         String::from_utf8_lossy(&o.stderr)
     );
     Ok(())
-}
-
-fn raw_socket(ifindex: u32) -> Result<OwnedFd> {
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW,
-            i32::from((libc::ETH_P_ALL as u16).to_be()),
-        )
-    };
-    ensure!(
-        fd >= 0,
-        "AF_PACKET socket: {}",
-        std::io::Error::last_os_error()
-    );
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    // Straight to the driver: the qdisc is not what is measured.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_ifindex = ifindex as i32;
-    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sll as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "bind AF_PACKET: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(fd)
-}
-
-/// Sends every frame once (sendmmsg, batches of 64). Returns how many the kernel took.
-fn send_all(fd: &OwnedFd, frames: &[Vec<u8>]) -> Result<usize> {
-    let mut sent = 0;
-    for chunk in frames.chunks(64) {
-        let mut iov: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|f| libc::iovec {
-                iov_base: f.as_ptr() as *mut libc::c_void,
-                iov_len: f.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|v| {
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = v;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0) };
-        if n > 0 {
-            sent += n as usize;
-        }
-    }
-    Ok(sent)
 }
 
 /// Sends `frames` round-robin from every socket for one round; the sink's packets per second.

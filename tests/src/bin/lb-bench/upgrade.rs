@@ -51,6 +51,8 @@ pub fn bench() -> Result<()> {
                 tunnel_source: None,
                 generic: false,
                 log: datapath::LogLevel::Off,
+                conn_table: None,
+                flood_rate: None,
             };
             let ns = bed.director().fd().try_clone_to_owned()?;
             thread::spawn(move || -> Result<()> {

@@ -1,0 +1,193 @@
+//! Source allow-lists per VIP: which clients may open connections to a VIP (established
+//! connections are not cut when a list changes, as a stateful firewall keeps them).
+//!
+//! In the data path's trie (`LB_ALLOW`, see [`lb_common::AllowKey`]) a VIP with a list has a
+//! /32 entry over the VIP alone that denies, and one longer entry per allowed CIDR; the data
+//! path looks a new flow up only while [`lb_common::LIMITS_F_ALLOW`] says some list exists.
+
+use super::maps::{Maps, MapsError};
+use aya::maps::lpm_trie::Key;
+use lb_common::{ALLOW_DENY, ALLOW_PERMIT, AllowKey, LIMITS_F_ALLOW, MAX_ALLOW, ip_be};
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, str::FromStr};
+
+/// An IPv4 network: `10.0.0.0/8`, or an address alone (`/32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not an IPv4 address or network (e.g. 10.0.0.0/8 or 192.0.2.7)")]
+    Syntax(String),
+    #[error("{0:?}: the prefix length must be 0..=32")]
+    Prefix(String),
+    #[error("{given:?} has host bits set: did you mean {fixed}?")]
+    HostBits { given: String, fixed: Cidr },
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, CidrError> {
+        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = a.parse().map_err(|_| CidrError::Syntax(s.into()))?;
+        let len: u8 = l.parse().map_err(|_| CidrError::Prefix(s.into()))?;
+        if len > 32 {
+            return Err(CidrError::Prefix(s.into()));
+        }
+        let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+        let net = Ipv4Addr::from(u32::from(addr) & mask);
+        if net != addr {
+            return Err(CidrError::HostBits {
+                given: s.into(),
+                fixed: Cidr { addr: net, len },
+            });
+        }
+        Ok(Cidr { addr, len })
+    }
+}
+
+/// Every VIP's list.
+pub type AllowLists = BTreeMap<Ipv4Addr, Vec<Cidr>>;
+
+/// The trie entries that express `lists`: per VIP, its deny-all /32 and one entry per CIDR.
+pub fn trie_entries(lists: &AllowLists) -> Vec<(u32, AllowKey, u32)> {
+    let mut out = Vec::new();
+    for (vip, cidrs) in lists {
+        let vip = ip_be(vip.octets());
+        out.push((32, AllowKey { vip, saddr: 0 }, ALLOW_DENY));
+        for c in cidrs {
+            let saddr = ip_be(c.addr.octets());
+            out.push((32 + c.len as u32, AllowKey { vip, saddr }, ALLOW_PERMIT));
+        }
+    }
+    out
+}
+
+/// The lists the trie holds.
+pub fn read(maps: &Maps) -> Result<AllowLists, MapsError> {
+    let mut lists = AllowLists::new();
+    for item in maps.allow.iter() {
+        let (k, v) = item.map_err(|source| MapsError::Map {
+            what: "reading LB_ALLOW".into(),
+            source,
+        })?;
+        let d = k.data();
+        let vip = Ipv4Addr::from(d.vip.to_ne_bytes());
+        let list = lists.entry(vip).or_default();
+        if v == ALLOW_PERMIT && k.prefix_len() > 32 {
+            list.push(Cidr {
+                addr: Ipv4Addr::from(d.saddr.to_ne_bytes()),
+                len: (k.prefix_len() - 32) as u8,
+            });
+        }
+    }
+    for l in lists.values_mut() {
+        l.sort();
+    }
+    Ok(lists)
+}
+
+/// Makes the trie hold exactly `want`. Entries are added before old ones are removed, so a
+/// source both lists allow is never refused in between.
+pub fn replace(maps: &mut Maps, want: &AllowLists) -> Result<(), MapsError> {
+    let new = trie_entries(want);
+    if new.len() > MAX_ALLOW as usize {
+        return Err(MapsError::Io {
+            what: "allow-lists".into(),
+            source: std::io::Error::other(format!(
+                "{} entries (VIPs plus CIDRs) exceed the data path's {MAX_ALLOW}",
+                new.len()
+            )),
+        });
+    }
+    let old = trie_entries(&read(maps)?);
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |source| MapsError::Map { what, source }
+    };
+    for (len, k, v) in &new {
+        maps.allow
+            .insert(&Key::new(*len, *k), v, 0)
+            .map_err(err("writing LB_ALLOW"))?;
+    }
+    let mut limits = maps.limits()?;
+    if !want.is_empty() {
+        limits.flags |= LIMITS_F_ALLOW;
+        maps.set_limits(&limits)?;
+    }
+    for (len, k, _) in old {
+        if !new.iter().any(|(l, n, _)| *l == len && *n == k) {
+            maps.allow
+                .remove(&Key::new(len, k))
+                .map_err(err("removing from LB_ALLOW"))?;
+        }
+    }
+    if want.is_empty() {
+        limits.flags &= !LIMITS_F_ALLOW;
+        maps.set_limits(&limits)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_parse_and_refuse_with_a_fix() {
+        assert_eq!(
+            "10.0.0.0/8".parse::<Cidr>().unwrap(),
+            Cidr {
+                addr: Ipv4Addr::new(10, 0, 0, 0),
+                len: 8
+            }
+        );
+        assert_eq!("192.0.2.7".parse::<Cidr>().unwrap().len, 32);
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().len, 0);
+        let e = "10.1.2.3/8".parse::<Cidr>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "\"10.1.2.3/8\" has host bits set: did you mean 10.0.0.0/8?"
+        );
+        assert!(matches!(
+            "10.0.0.0/33".parse::<Cidr>(),
+            Err(CidrError::Prefix(_))
+        ));
+        assert!(matches!(
+            "10.0.0/8".parse::<Cidr>(),
+            Err(CidrError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn a_list_is_a_deny_over_the_vip_and_a_permit_per_cidr() {
+        let vip = Ipv4Addr::new(198, 18, 0, 100);
+        let lists = AllowLists::from([(vip, vec!["10.0.0.0/8".parse().unwrap()])]);
+        let e = trie_entries(&lists);
+        let v = ip_be(vip.octets());
+        assert_eq!(
+            e,
+            vec![
+                (32, AllowKey { vip: v, saddr: 0 }, ALLOW_DENY),
+                (
+                    40,
+                    AllowKey {
+                        vip: v,
+                        saddr: ip_be([10, 0, 0, 0])
+                    },
+                    ALLOW_PERMIT
+                ),
+            ]
+        );
+        // An empty list denies every source.
+        assert_eq!(trie_entries(&AllowLists::from([(vip, vec![])])).len(), 1);
+    }
+}

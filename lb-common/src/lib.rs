@@ -36,7 +36,8 @@ pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 /// what their fields mean. An upgrade (`lbadm attach` on an attached data path) reuses the
 /// pinned maps only under a layout it knows; see `lb-userspace/src/director/layout.rs`.
 /// 1: the maps before this record existed (no `LB_META`). 2: `LB_META`, `LB_SYNC`, `LB_PEERS`,
-/// `Config::flags`, [`REAL_F_LOCAL`], [`REASON_SLOTS`] counters.
+/// `Config::flags`, [`REAL_F_LOCAL`], [`REASON_SLOTS`] counters. 3: `LB_CONNS_NEW` (unconfirmed
+/// connections), `LB_LIMITS`, `LB_FLOOD`, `LB_ALLOW`; the connection tables sized at attach.
 pub const LAYOUT_VERSION: u32 = 3;
 
 /// Program names as they appear in the eBPF objects.

@@ -99,6 +99,25 @@ pub struct Target<'a> {
 
 const IN_FLIGHT: u64 = 192;
 
+impl<'a> Target<'a> {
+    /// From the bed's client to its (first) director's VIP:`port`; `handled` as above.
+    pub fn bed(
+        bed: &'a crate::testbed::TestBed,
+        port: u16,
+        handled: &'a (dyn Fn() -> u64 + Sync),
+    ) -> Target<'a> {
+        Target {
+            ns: bed.client(),
+            ifindex: bed.client_eth0().index,
+            src_mac: bed.client_eth0().mac,
+            dst_mac: bed.director_eth0().mac,
+            vip: bed.vip(),
+            port,
+            handled,
+        }
+    }
+}
+
 /// What a flood sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FloodReport {

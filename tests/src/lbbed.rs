@@ -53,6 +53,12 @@ impl Director {
 
     /// Director `i` (1-based) of a bed with several.
     pub fn attach_n(bed: &TestBed, i: usize) -> Result<Director> {
+        // Small enough for many directors at once, large enough for every test's flows.
+        Director::attach_sized(bed, i, 1 << 16)
+    }
+
+    /// Director `i` with a connection table of `conn_table` entries.
+    pub fn attach_sized(bed: &TestBed, i: usize, conn_table: u32) -> Result<Director> {
         let host = bed.director_n(i);
         let pins = PinDir::new(&format!("dir{i}"));
         let opts = datapath::AttachOptions {
@@ -61,8 +67,7 @@ impl Director {
             tunnel_source: None,
             generic: false,
             log: datapath::LogLevel::Off,
-            // Small enough for many directors at once, large enough for every test's flows.
-            conn_table: Some(1 << 16),
+            conn_table: Some(conn_table),
             flood_rate: None,
         };
         let report = host

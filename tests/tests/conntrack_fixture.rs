@@ -174,3 +174,31 @@ fn an_allow_list_drops_new_flows_from_other_sources_only() {
     assert_eq!(f.maps.limits().unwrap().flags, 0);
     assert_eq!(send(&f, 52002, TCP_SYN), REAL1);
 }
+
+#[test]
+fn a_dead_established_entry_never_shadows_the_flows_next_one() {
+    let mut f = Fixture::new().unwrap();
+    f.apply(&[svc(&[REAL1, REAL2, REAL3])]).unwrap();
+    let first = send(&f, 53000, TCP_SYN);
+    send(&f, 53000, TCP_ACK);
+    assert_eq!(where_is(&f, 53000), (Some(CONN_ESTABLISHED), None));
+    // The client reuses the tuple for a new connection: scheduled afresh (rr: the next real),
+    // and its handshake's ACK must follow the new SYN, not the old connection's entry.
+    let again = send(&f, 53000, TCP_SYN);
+    assert_ne!(again, first);
+    assert_eq!(where_is(&f, 53000), (None, Some(CONN_SYN_RECV)));
+    assert_eq!(send(&f, 53000, TCP_ACK), again);
+    assert_eq!(send(&f, 53000, TCP_ACK | TCP_PSH), again);
+    // Its real removed: the connection is rescheduled once, and stays where it went.
+    let others: Vec<Ipv4Addr> = [REAL1, REAL2, REAL3]
+        .into_iter()
+        .filter(|&r| r != again)
+        .collect();
+    f.apply(&[svc(&others)]).unwrap();
+    let moved = send(&f, 53000, TCP_ACK | TCP_PSH);
+    assert!(others.contains(&moved));
+    for _ in 0..4 {
+        assert_eq!(send(&f, 53000, TCP_ACK | TCP_PSH), moved);
+    }
+    assert_eq!(reason(&f.maps, Reason::Rescheduled), 1);
+}

@@ -64,15 +64,7 @@ fn spoofed_floods_lose_no_established_connection() {
             .unwrap();
         let before = reason(&dir, Reason::NewConn) + reason(&dir, Reason::NonSynMiss);
         let handled = || dir.maps.reasons().unwrap().iter().map(|(_, n)| n).sum();
-        let target = Target {
-            ns: bed.client(),
-            ifindex: bed.client_eth0().index,
-            src_mac: bed.client_eth0().mac,
-            dst_mac: bed.director_eth0().mac,
-            vip: bed.vip(),
-            port: PORT,
-            handled: &handled,
-        };
+        let target = Target::bed(&bed, PORT, &handled);
         // A little over four times the table, so that what a veth drops still leaves four times.
         let flows = 4 * size as usize + size as usize / 8;
         let sent = flood::tcp_flood(&target, flows, flags, 0x5eed + seed as u64).unwrap();

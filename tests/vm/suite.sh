@@ -53,5 +53,15 @@ if [ $# -eq 0 ]; then
   echo "vm-suite: ===== ipvs-vs-lbadm ====="
   sh "$(dirname "$0")/ipvs-vs-lbadm.sh" "$lbadm" 2>&1 | tee "$VM_RUN/ipvs-vs-lbadm.log"
   grep -q '^ipvs-vs-lbadm: PASS' "$VM_RUN/ipvs-vs-lbadm.log" || status=1
+  # Forwarded packet rate, director only: the same sender and sink, lbadm against kernel
+  # IPVS-TUN (lb-bench's pps section; indicative under emulation, so it informs, not gates).
+  bench="$(dirname "$lbadm")/../release/lb-bench"
+  [ -x "$bench" ] || bench="$(dirname "$lbadm")/lb-bench"
+  if [ -x "$bench" ]; then
+    echo "vm-suite: ===== pps (lbadm vs kernel IPVS) ====="
+    "$bench" --only pps 2>&1 | tee "$VM_RUN/pps.log"
+  else
+    echo "vm-suite: pps: no lb-bench next to lbadm; not measured"
+  fi
 fi
 exit $status

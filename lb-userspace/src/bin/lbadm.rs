@@ -236,50 +236,24 @@ fn run_allow(cmd: AllowCmd, pin_dir: &std::path::Path) -> anyhow::Result<()> {
     let mut maps = Maps::open(pin_dir)?;
     let _lock = maps.lock()?;
     let mut lists = allow::read(&maps)?;
-    match cmd {
-        AllowCmd::List { json } => {
-            if json {
-                let v: std::collections::BTreeMap<String, Vec<String>> = lists
-                    .iter()
-                    .map(|(vip, l)| (vip.to_string(), l.iter().map(|c| c.to_string()).collect()))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                for (vip, l) in &lists {
-                    let l: Vec<String> = l.iter().map(|c| c.to_string()).collect();
-                    println!(
-                        "{vip}: {}",
-                        if l.is_empty() {
-                            "(nobody)".into()
-                        } else {
-                            l.join(" ")
-                        }
-                    );
-                }
-            }
+    let change = match cmd {
+        AllowCmd::List { json: false } => {
+            print!("{}", allow::render(&lists));
             return Ok(());
         }
-        AllowCmd::Add { vip, sources } => {
-            let l = lists.entry(vip).or_default();
-            for c in sources {
-                if !l.contains(&c) {
-                    l.push(c);
-                }
-            }
+        AllowCmd::List { json: true } => {
+            let v: std::collections::BTreeMap<String, Vec<String>> = lists
+                .iter()
+                .map(|(vip, l)| (vip.to_string(), l.iter().map(|c| c.to_string()).collect()))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
         }
-        AllowCmd::Del { vip, sources } => {
-            let l = lists
-                .get_mut(&vip)
-                .ok_or_else(|| anyhow::anyhow!("{vip} has no allow-list"))?;
-            for c in &sources {
-                anyhow::ensure!(l.contains(c), "{c} is not on {vip}'s allow-list");
-            }
-            l.retain(|c| !sources.contains(c));
-        }
-        AllowCmd::Clear { vip } => {
-            anyhow::ensure!(lists.remove(&vip).is_some(), "{vip} has no allow-list");
-        }
-    }
+        AllowCmd::Add { vip, sources } => allow::Edit::Add(vip, sources),
+        AllowCmd::Del { vip, sources } => allow::Edit::Del(vip, sources),
+        AllowCmd::Clear { vip } => allow::Edit::Clear(vip),
+    };
+    allow::edit(&mut lists, change)?;
     allow::replace(&mut maps, &lists)?;
     Ok(())
 }

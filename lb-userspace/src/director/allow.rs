@@ -57,6 +57,66 @@ impl FromStr for Cidr {
 /// Every VIP's list.
 pub type AllowLists = BTreeMap<Ipv4Addr, Vec<Cidr>>;
 
+/// A change to the lists (`lbadm allow add|del|clear`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Allow these sources; the first one starts the VIP's list.
+    Add(Ipv4Addr, Vec<Cidr>),
+    /// Remove these sources (an emptied list still refuses everyone).
+    Del(Ipv4Addr, Vec<Cidr>),
+    /// Remove the VIP's list: everyone may connect.
+    Clear(Ipv4Addr),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    #[error("{0} has no allow-list (`lbadm allow list` shows them)")]
+    NoList(Ipv4Addr),
+    #[error("{0} is not on {1}'s allow-list")]
+    NotListed(Cidr, Ipv4Addr),
+}
+
+/// Applies `edit` to `lists`, or says why not and changes nothing.
+pub fn edit(lists: &mut AllowLists, edit: Edit) -> Result<(), EditError> {
+    match edit {
+        Edit::Add(vip, sources) => {
+            let l = lists.entry(vip).or_default();
+            for c in sources {
+                if !l.contains(&c) {
+                    l.push(c);
+                }
+            }
+            l.sort();
+        }
+        Edit::Del(vip, sources) => {
+            let l = lists.get_mut(&vip).ok_or(EditError::NoList(vip))?;
+            if let Some(c) = sources.iter().find(|c| !l.contains(c)) {
+                return Err(EditError::NotListed(*c, vip));
+            }
+            l.retain(|c| !sources.contains(c));
+        }
+        Edit::Clear(vip) => {
+            lists.remove(&vip).ok_or(EditError::NoList(vip))?;
+        }
+    }
+    Ok(())
+}
+
+/// One line per VIP: `198.18.0.100: 10.0.0.0/8 192.0.2.7/32` (`(nobody)` for an empty list).
+pub fn render(lists: &AllowLists) -> String {
+    let mut out = String::new();
+    for (vip, l) in lists {
+        let l: Vec<String> = l.iter().map(|c| c.to_string()).collect();
+        let l = if l.is_empty() {
+            "(nobody)".to_string()
+        } else {
+            l.join(" ")
+        };
+        out.push_str(&format!("{vip}: {l}\n"));
+    }
+    out
+}
+
 /// The trie entries that express `lists`: per VIP, its deny-all /32 and one entry per CIDR.
 pub fn trie_entries(lists: &AllowLists) -> Vec<(u32, AllowKey, u32)> {
     let mut out = Vec::new();
@@ -165,6 +225,40 @@ mod tests {
             "10.0.0/8".parse::<Cidr>(),
             Err(CidrError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn edits_change_the_lists_or_nothing() {
+        let vip = Ipv4Addr::new(198, 18, 0, 100);
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let mut l = AllowLists::new();
+        edit(
+            &mut l,
+            Edit::Add(vip, vec![c("10.0.0.0/8"), c("192.0.2.7")]),
+        )
+        .unwrap();
+        edit(&mut l, Edit::Add(vip, vec![c("10.0.0.0/8")])).unwrap();
+        assert_eq!(render(&l), "198.18.0.100: 10.0.0.0/8 192.0.2.7/32\n");
+        let before = l.clone();
+        let e = edit(
+            &mut l,
+            Edit::Del(vip, vec![c("192.0.2.7"), c("10.9.0.0/16")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "10.9.0.0/16 is not on 198.18.0.100's allow-list"
+        );
+        assert_eq!(l, before);
+        edit(
+            &mut l,
+            Edit::Del(vip, vec![c("192.0.2.7"), c("10.0.0.0/8")]),
+        )
+        .unwrap();
+        assert_eq!(render(&l), "198.18.0.100: (nobody)\n");
+        edit(&mut l, Edit::Clear(vip)).unwrap();
+        assert!(l.is_empty());
+        assert_eq!(edit(&mut l, Edit::Clear(vip)), Err(EditError::NoList(vip)));
     }
 
     #[test]

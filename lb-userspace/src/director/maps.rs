@@ -420,47 +420,24 @@ fn batch_read_array<T: aya::Pod + Default + Clone>(
     map: &Array<MapData, T>,
     len: u32,
 ) -> Option<Vec<T>> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    let fd = aya::maps::IterableMap::map(map).fd().as_fd().as_raw_fd();
+    use std::os::fd::AsFd as _;
+    let fd = aya::maps::IterableMap::map(map).fd().as_fd();
     let mut keys = vec![0u32; len as usize];
     let mut values = vec![T::default(); len as usize];
-    let mut out_batch = 0u32;
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: &mut out_batch as *mut u32 as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: len,
-        map_fd: fd as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
+    // SAFETY: both buffers hold `len` entries.
+    let read = unsafe {
+        crate::sys::bpffs::raw::lookup_batch(
+            fd,
+            &mut None,
+            keys.as_mut_ptr().cast(),
+            values.as_mut_ptr().cast(),
+            len,
         )
     };
-    // The whole array fits in one batch: success, or ENOENT ("no more") with everything read.
-    let done = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
-    if done && attr.count == len {
-        Some(values)
-    } else {
-        None
+    // The whole array fits in one batch.
+    match read {
+        Ok((n, _)) if n == len => Some(values),
+        _ => None,
     }
 }
 

@@ -262,9 +262,19 @@ pub mod raw {
 
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-    /// The number of entries in a hash map, read `BPF_MAP_LOOKUP_BATCH` by batch (a million
-    /// entries in a few hundred calls, where walking the keys takes two calls per entry).
-    pub fn count_entries(map: BorrowedFd<'_>, key_size: u32, value_size: u32) -> io::Result<u64> {
+    /// One `BPF_MAP_LOOKUP_BATCH`: up to `count` entries into `keys` and `values` (room for
+    /// `count` of each), from the position `token` holds (None: the start), which it advances.
+    /// Returns how many entries were read and whether the map has no more.
+    ///
+    /// # Safety
+    /// `keys` and `values` must point to room for `count` keys and values of the map.
+    pub unsafe fn lookup_batch(
+        map: BorrowedFd<'_>,
+        token: &mut Option<u64>,
+        keys: *mut u8,
+        values: *mut u8,
+        count: u32,
+    ) -> io::Result<(u32, bool)> {
         #[repr(C)]
         struct BatchAttr {
             in_batch: u64,
@@ -276,37 +286,50 @@ pub mod raw {
             elem_flags: u64,
             flags: u64,
         }
+        // The kernel's tokens (a bucket or an index) are 32-bit; u64 leaves room.
+        let mut next = 0u64;
+        let mut attr = BatchAttr {
+            in_batch: token.as_mut().map_or(0, |t| t as *mut u64 as u64),
+            out_batch: &mut next as *mut u64 as u64,
+            keys: keys as u64,
+            values: values as u64,
+            count,
+            map_fd: map.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(_) => {
+                *token = Some(next);
+                Ok((attr.count, false))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count, true)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The number of entries in a hash map, read batch by batch (a million entries in a few
+    /// hundred calls, where walking the keys takes two calls per entry).
+    pub fn count_entries(map: BorrowedFd<'_>, key_size: u32, value_size: u32) -> io::Result<u64> {
         const BATCH: u32 = 4096;
         let mut keys = vec![0u8; (key_size * BATCH) as usize];
         let mut values = vec![0u8; (value_size.next_multiple_of(8) * BATCH) as usize];
-        // The kernel's token for hash maps is a bucket index.
-        let (mut token_in, mut token_out) = (0u64, 0u64);
-        let mut total = 0;
-        let mut first = true;
+        let (mut token, mut total) = (None, 0);
         loop {
-            let mut attr = BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    &mut token_in as *mut u64 as u64
-                },
-                out_batch: &mut token_out as *mut u64 as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: BATCH,
-                map_fd: map.as_raw_fd() as u32,
-                elem_flags: 0,
-                flags: 0,
-            };
-            let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-            total += attr.count as u64;
-            match r {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
-                Err(e) => return Err(e),
+            // SAFETY: both buffers hold BATCH entries.
+            let (n, done) = unsafe {
+                lookup_batch(
+                    map,
+                    &mut token,
+                    keys.as_mut_ptr(),
+                    values.as_mut_ptr(),
+                    BATCH,
+                )
+            }?;
+            total += n as u64;
+            if done {
+                return Ok(total);
             }
-            first = false;
-            token_in = token_out;
         }
     }
 }

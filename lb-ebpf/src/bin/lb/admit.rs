@@ -9,26 +9,27 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::{ALLOW_DENY, AllowKey, LIMITS_F_ALLOW};
 
-/// False when the VIP has an allow-list and the source is not on it.
+/// Admits a new flow to `vip` from `saddr`: `Err(())` when the VIP has an allow-list and the
+/// source is not on it, else whether this CPU is in flood mode.
 #[inline(always)]
-pub fn allowed(vip: u32, saddr: u32) -> bool {
-    match LIMITS.get(0) {
-        Some(l) if l.flags & LIMITS_F_ALLOW != 0 => {}
-        _ => return true,
+pub fn admit(ctx: &XdpContext, vip: u32, saddr: u32, now: u64) -> Result<bool, ()> {
+    let Some(l) = LIMITS.get(0) else {
+        return Ok(false);
+    };
+    if l.flags & LIMITS_F_ALLOW != 0 {
+        let key = Key::new(64, AllowKey { vip, saddr });
+        if let Some(&ALLOW_DENY) = ALLOW.get(&key) {
+            return Err(());
+        }
     }
-    let key = Key::new(64, AllowKey { vip, saddr });
-    !matches!(ALLOW.get(&key), Some(&ALLOW_DENY))
+    Ok(l.flood_rate > 0 && flooding(ctx, l.flood_rate, now))
 }
 
 /// Counts a new flow on this CPU; true while the CPU is in flood mode. A CPU enters it as soon
 /// as its count in the current one-second window passes the limit, and leaves it after a
 /// window that stayed under it.
 #[inline(always)]
-pub fn flooding(ctx: &XdpContext, now: u64) -> bool {
-    let rate = match LIMITS.get(0) {
-        Some(l) if l.flood_rate > 0 => l.flood_rate,
-        _ => return false,
-    };
+fn flooding(ctx: &XdpContext, rate: u32, now: u64) -> bool {
     let Some(st) = FLOOD.get_ptr_mut(0) else {
         return false;
     };

@@ -59,14 +59,22 @@ pub fn real_valid(id: u32, gen_: u32, svc_id: u32) -> Option<Real> {
 pub fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Reason> {
     let tcp = key.proto == IPPROTO_TCP;
     let syn = tcp && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
-    if let Some(c) = CONNS.get_ptr_mut(key) {
-        return confirmed(key, unsafe { &mut *c }, flags, syn, now);
-    }
-    let miss = if tcp && !syn {
+    let mut miss = if tcp && !syn {
         Reason::NonSynMiss
     } else {
         Reason::NewConn
     };
+    if let Some(c) = CONNS.get_ptr_mut(key) {
+        match confirmed(key, unsafe { &mut *c }, flags, syn, now) {
+            Ok(found) => return Ok(found),
+            // A dead entry (expired, its real gone, its tuple reused by a new connection) goes:
+            // the flow's next entry is made in CONNS_NEW, and this one would shadow it.
+            Err(reason) => {
+                let _ = CONNS.remove(key);
+                miss = reason;
+            }
+        }
+    }
     let Some(c) = CONNS_NEW.get_ptr_mut(key) else {
         return Err(miss);
     };
@@ -132,8 +140,8 @@ fn unconfirmed(
     if syn && conn.state != CONN_SYN_RECV {
         return Err(Reason::NewConn);
     }
-    let real =
-        real_valid(conn.real_id, conn.real_gen, conn.service_id).ok_or(Reason::Rescheduled)?;
+    let id = conn.real_id;
+    let real = real_valid(id, conn.real_gen, conn.service_id).ok_or(Reason::Rescheduled)?;
     let proves = if conn.state == CONN_SYN_RECV {
         !syn && flags & TCP_ACK != 0 && flags & TCP_RST == 0
     } else {
@@ -145,6 +153,7 @@ fn unconfirmed(
             last_seen_ns: now,
             ..*conn
         };
+        // `conn` is not read after the remove: its element may be reused at once.
         if CONNS.insert(key, &c, 0).is_ok() {
             let _ = CONNS_NEW.remove(key);
             bump(Reason::Confirmed);
@@ -157,7 +166,7 @@ fn unconfirmed(
         // The client gave up: its entry expires in CLOSE's 10 s, counted from its first packet.
         conn.state = CONN_CLOSE;
     }
-    Ok((conn.real_id, real))
+    Ok((id, real))
 }
 
 /// A connection's packets keep its client's persistence template alive.
@@ -176,7 +185,8 @@ fn refresh_template(key: &ConnKey, conn: &Conn, now: u64) {
 
 /// Records a newly scheduled connection as unconfirmed. Katran's lesson: an RST needs no
 /// state, and inserting on it lets a scan fill the table. In flood mode a SYN is not recorded
-/// either: its real follows from the flow hash, and its handshake's ACK is recorded instead.
+/// either: its real follows from the flow hash, and its handshake's ACK is recorded instead,
+/// as a flow picked up mid-stream.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn record(

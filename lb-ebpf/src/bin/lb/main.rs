@@ -187,10 +187,8 @@ fn forward(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Verdict> {
         Err(hint) => {
             let svc = schedule::lookup_service(pkt.daddr, dport, pkt.proto)
                 .ok_or(pass(Reason::PassNotService))?;
-            if !admit::allowed(pkt.daddr, pkt.saddr) {
-                return Err(discard(Reason::DropNotAllowed));
-            }
-            let flooding = admit::flooding(ctx, now);
+            let flooding = admit::admit(ctx, pkt.daddr, pkt.saddr, now)
+                .map_err(|()| discard(Reason::DropNotAllowed))?;
             match schedule::pick(&key, &svc, now, hint, flooding) {
                 Ok((id, real, event)) => {
                     conntrack::record(

@@ -13,14 +13,14 @@ use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
 };
-use lb_common::{Config, MAP_CONNS, MAP_CONNS_NEW, ip_be};
+use lb_common::{MAP_CONNS, MAP_CONNS_NEW};
 use lb_tests::{
-    fixture::{self, CLIENT, DIRECTOR, REAL1, REAL2, VIP, XDP_PASS, XDP_TX},
+    fixture::{self, CLIENT, VIP, XDP_PASS, XDP_TX},
     packet::{self, TCP_ACK, TCP_SYN},
 };
 use lb_userspace::{
     director::{
-        Maps, Protocol, RealServer, Scheduler, ServiceId, VirtualService,
+        Maps,
         datapath::{self, TableSizes},
     },
     sys::bpffs::raw,
@@ -48,35 +48,7 @@ fn memlock(path: &std::path::Path) -> Result<u64> {
 fn load(pins: &std::path::Path, conns: u32) -> Result<Ebpf> {
     let mut lb = datapath::load(pins, datapath::LogLevel::Off, TableSizes::for_conns(conns)?)?;
     xdp(&mut lb, lb_common::PROG_LB)?.load()?;
-    let mut maps = Maps::open(pins)?;
-    maps.config.set(
-        0,
-        Config {
-            tunnel_src: ip_be(DIRECTOR.octets()),
-            nr_cpus: 2,
-            ..Default::default()
-        },
-        0,
-    )?;
-    maps.apply(&[VirtualService {
-        id: ServiceId {
-            proto: Protocol::Tcp,
-            addr: VIP,
-            port: 6033,
-        },
-        sched: Scheduler::Wrr,
-        persistence: 0,
-        reals: vec![
-            RealServer {
-                addr: REAL1,
-                weight: 3,
-            },
-            RealServer {
-                addr: REAL2,
-                weight: 1,
-            },
-        ],
-    }])?;
+    crate::configure(pins, 2)?;
     Ok(lb)
 }
 

@@ -4,7 +4,10 @@
 //! The client blasts frames of 256 established TCP flows to VIP:6033 from AF_PACKET sockets
 //! (one per CPU); the director forwards them (lbadm: parse, conntrack, encapsulate, XDP_TX; the
 //! reflector: MAC rewrite, XDP_TX); real1's eth0 counts and drops them in XDP (`bench_sink`).
-//! Rounds alternate between the two so both see the same machine state.
+//! Rounds alternate between the two so both see the same machine state. Where the kernel has
+//! IPVS (the VM suite's stock 6.1 guest; not this host), kernel IPVS-TUN is the third director
+//! on the same bed, same sender, same sink: `ipvsadm -A -t VIP:6033 -s rr`, `-a … -i`, the VIP
+//! on the director's eth0 as the bed has it.
 
 use anyhow::{Context as _, Result, ensure};
 use aya::{
@@ -108,6 +111,9 @@ pub fn bench() -> Result<()> {
     let mut lb_rates = Vec::new();
     let mut reflect_rates = Vec::new();
     let mut encap_rates = Vec::new();
+    let mut ipvs_rates = Vec::new();
+    let (mut lb_softirq, mut ipvs_softirq) = (Vec::new(), Vec::new());
+    let ipvs = ipvsadm(bed.director(), &["-C"]).is_ok();
     for _ in 0..ROUNDS {
         // lbadm's director.
         let pins = PinDir::new("pps");
@@ -131,7 +137,9 @@ pub fn bench() -> Result<()> {
         )?;
         send_all(&socks[0], &syns)?;
         thread::sleep(Duration::from_millis(200));
-        lb_rates.push(blast(&socks, &frames, &count)?);
+        let (rate, soft) = blast_softirq(&socks, &frames, &count)?;
+        lb_rates.push(rate);
+        lb_softirq.push(soft);
         lbadm(bed.director(), &pins, &["detach"])?;
 
         // The reflectors on the same port.
@@ -159,6 +167,19 @@ pub fn bench() -> Result<()> {
             rates.push(blast(&socks, &frames, &count)?);
             drop(reflector);
         }
+
+        if ipvs {
+            let svc = format!("{}:6033", bed.vip());
+            ipvsadm(bed.director(), &["-A", "-t", &svc, "-s", "rr"])?;
+            let real = bed.real_addr(1).to_string();
+            ipvsadm(bed.director(), &["-a", "-t", &svc, "-r", &real, "-i"])?;
+            send_all(&socks[0], &syns)?;
+            thread::sleep(Duration::from_millis(200));
+            let (rate, soft) = blast_softirq(&socks, &frames, &count)?;
+            ipvs_rates.push(rate);
+            ipvs_softirq.push(soft);
+            ipvsadm(bed.director(), &["-C"])?;
+        }
     }
     let med = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -174,6 +195,7 @@ pub fn bench() -> Result<()> {
     let pair = |a: &[f64], b: &[f64]| med(a.iter().zip(b).map(|(x, y)| x / y).collect());
     let vs_encap = pair(&lb_rates, &encap_rates);
     let encap_vs = pair(&encap_rates, &reflect_rates);
+    let lb_rates_all = lb_rates.clone();
     let (lb, re, en) = (med(lb_rates), med(reflect_rates), med(encap_rates));
     println!(
         "forwarded packet rate on the veth path ({cpus} sender threads, 64-byte frames of {FLOWS} established flows, \
@@ -201,6 +223,47 @@ pub fn bench() -> Result<()> {
         if ratio >= 0.9 { "met" } else { "MISSED" }
     );
     println!("  lbadm vs the encapsulating reflector: {vs_encap:.2} (lbadm's own work)");
+    if ipvs {
+        let per_round: Vec<String> = lb_rates_all
+            .iter()
+            .zip(&ipvs_rates)
+            .map(|(a, b)| format!("{:.2}", a / b))
+            .collect();
+        let vs_ipvs = pair(&lb_rates_all, &ipvs_rates);
+        println!(
+            "  kernel IPVS-TUN director           {:>10.0} packets/s; lbadm = {vs_ipvs:.2} x IPVS (per round {})",
+            med(ipvs_rates.clone()),
+            per_round.join(", ")
+        );
+        // Where the path caps both at one rate, the forwarding work shows in softirq time (XDP
+        // and IPVS both run there; the senders' own work is system time).
+        let soft: Vec<String> = lb_softirq
+            .iter()
+            .zip(&ipvs_softirq)
+            .map(|(a, b)| format!("{:.2}", a / b))
+            .collect();
+        println!(
+            "  softirq CPU per forwarded packet: lbadm {:.1} us, IPVS {:.1} us; lbadm = {:.2} x IPVS (per round {})",
+            med(lb_softirq.clone()),
+            med(ipvs_softirq.clone()),
+            pair(&lb_softirq, &ipvs_softirq),
+            soft.join(", ")
+        );
+    } else {
+        println!("  kernel IPVS-TUN: not on this kernel (the VM suite's guest measures it)");
+    }
+    Ok(())
+}
+
+/// `ipvsadm` in `ns` (kernel IPVS, the comparison's other director).
+fn ipvsadm(ns: &Netns, args: &[&str]) -> Result<()> {
+    let o = ns.command("ipvsadm").args(args).output()?;
+    ensure!(
+        o.status.success(),
+        "ipvsadm {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
     Ok(())
 }
 
@@ -217,6 +280,31 @@ fn lbadm(ns: &Netns, pins: &PinDir, args: &[&str]) -> Result<()> {
         String::from_utf8_lossy(&o.stderr)
     );
     Ok(())
+}
+
+/// Softirq time of all CPUs so far, in microseconds (`/proc/stat`, USER_HZ ticks).
+fn softirq_us() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat.lines().next().context("/proc/stat is empty")?;
+    let softirq: f64 = cpu
+        .split_whitespace()
+        .nth(7)
+        .context("no softirq field in /proc/stat")?
+        .parse()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(softirq * 1e6 / hz)
+}
+
+/// [`blast`], and the softirq time it took per packet that reached the sink (microseconds).
+fn blast_softirq(
+    socks: &[OwnedFd],
+    frames: &[Vec<u8>],
+    count: &dyn Fn() -> Result<u64>,
+) -> Result<(f64, f64)> {
+    let (s0, n0) = (softirq_us()?, count()?);
+    let rate = blast(socks, frames, count)?;
+    let (s1, n1) = (softirq_us()?, count()?);
+    Ok((rate, (s1 - s0) / (n1 - n0).max(1) as f64))
 }
 
 /// Sends `frames` round-robin from every socket for one round; the sink's packets per second.

@@ -362,7 +362,9 @@ pub fn parse_summary(text: &str) -> Option<Summary> {
         .ok()?;
     let (transactions, tps) = num("transactions:")?;
     let (queries, qps) = num("queries:")?;
-    let count = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count() as u64;
+    // Anywhere, not at line starts: eight threads print at once, and one's line may land in
+    // the middle of another's (seen once: 3 "lost" lines counted for 4 "reconnected").
+    let count = |marker: &str| text.matches(marker).count() as u64;
     Some(Summary {
         lost: count("lbadm: lost "),
         reconnected: count("lbadm: reconnected "),

@@ -148,4 +148,27 @@ fn attach_failures_are_one_line_and_leave_nothing() {
     assert!(text(&o).0.contains("tunnel source 198.18.9.9"));
     assert!(lbadm(&ns, &pins.0, &["detach"]).status.success());
     assert!(!pins.0.exists());
+
+    // Another XDP program on the interface: named, and nothing is changed.
+    let index = ns.link_index("noaddr0").unwrap();
+    let other = ns.run(|| lb_tests::lbbed::attach_pass(index)).unwrap();
+    assert_one_line_error(
+        &lbadm(
+            &ns,
+            &pins.0,
+            &[
+                "attach",
+                "--iface",
+                "noaddr0",
+                "--tunnel-source",
+                "198.18.9.9",
+            ],
+        ),
+        &[
+            "noaddr0 already has an XDP program attached: bench_empty (id ",
+            "xdp off",
+        ],
+    );
+    assert!(!pins.0.exists());
+    drop(other);
 }

@@ -862,4 +862,59 @@ fn check_config_names_line_column_and_field() {
     let (code, err) = run(&good.replace("port = 6033", "port = 6033\nscheduler = \"wlc\""));
     assert_eq!(code, Some(1));
     assert!(err.contains("wlc"), "{err}");
+    // A file without services would empty the maps: refused unless it says so.
+    let (code, err) = run("iface = \"eth0\"\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("service: no [[service]]"), "{err}");
+    assert_eq!(
+        run("iface = \"eth0\"\nallow_no_services = true\n").0,
+        Some(0)
+    );
+    // An address that cannot be a host, where it is.
+    let (code, err) = run(&good.replace("198.18.0.12", "255.255.255.255"));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(
+            "lbadm.toml:8:11: service[0].real[1].address: 255.255.255.255 cannot be a real server"
+        ),
+        "{err}"
+    );
+}
+
+/// `lbadm detach` + `lbadm attach` under a running daemon: it notices, says so, and the new
+/// (empty) data path gets the configuration within a couple of seconds, without a SIGHUP.
+#[test]
+fn a_replaced_data_path_gets_the_configuration_again() {
+    let (bed, pins, _pass, _decap) = bed("dmr", true);
+    let _servers = bed.start_echo_servers(6033).unwrap();
+    let files = Files::new("replace");
+    std::fs::write(
+        files.config(),
+        format!(
+            "{}[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n[service.check]\ntype = \"tcp\"\n{FAST}\
+             [[service.real]]\naddress = \"198.18.0.11\"\n[[service.real]]\naddress = \"198.18.0.12\"\n",
+            header(&pins.0, &files)
+        ),
+    )
+    .unwrap();
+    let daemon = start_daemon(&bed, &pins.0, &files);
+    let d = bed.director();
+    wait_until("configured", Duration::from_secs(5), || {
+        weights(d, &pins.0).len() == 2
+    });
+    ok(lbadm(d, &pins.0, &["detach"]));
+    wait_until("the detach noticed", Duration::from_secs(3), || {
+        files.log_text().contains("the data path was detached")
+    });
+    ok(lbadm(d, &pins.0, &["attach", "--iface", "eth0"]));
+    let took = wait_until("configured again", Duration::from_secs(5), || {
+        weights(d, &pins.0).len() == 2
+    });
+    eprintln!("the new data path was configured {took:?} after attach");
+    assert!(files.log_text().contains("the data path was replaced"));
+    // And it serves: a connection through the VIP is answered.
+    let vip = SocketAddrV4::new(bed.vip(), 6033);
+    lb_tests::testbed::tcp_echo_request(bed.client(), vip, b"hello\n").unwrap();
+    assert!(daemon.kill().is_ok());
+    detach(&bed, &pins.0);
 }

@@ -92,28 +92,29 @@ fn restore_is_all_or_nothing() {
     let p = &d.pins.0;
     ok(p, &["-R"], RULES);
     let before = snapshot(p);
+    // ipvsadm's message for the failing line, prefixed with the line's number (lbadm's).
     for (bad, code, msg) in [
         // a parse error on the last line
         (
             "-A -t 198.18.0.102:80\n-a -t 198.18.0.102:80 -r 198.18.0.30 -w abc\n",
             2,
-            "illegal weight specified\n",
+            "line 2: illegal weight specified\n",
         ),
-        // an operation error in the middle
+        // an operation error in the middle, after comments and blank lines
         (
-            "-A -t 198.18.0.102:80\n-A -t 198.18.0.100:6033\n-A -t 198.18.0.103:80\n",
+            "# saved\n\n-A -t 198.18.0.102:80\n-A -t 198.18.0.100:6033\n-A -t 198.18.0.103:80\n",
             255,
-            "Service already exists\n",
+            "line 4: Service already exists\n",
         ),
         (
             "-d -t 198.18.0.100:6033 -r 198.18.0.99\n",
             255,
-            "No such destination\n",
+            "line 1: No such destination\n",
         ),
         (
             "-A -t 198.18.0.104:80 -s wlc\n",
             255,
-            "Scheduler or persistence engine not found\n",
+            "line 1: Scheduler or persistence engine not found\n",
         ),
     ] {
         let o = lbadm(p, &["-R"], bad);
@@ -363,4 +364,158 @@ fn stats_rate_and_json_listings() {
     ok(p, &["-Z"], "");
     let o = lbadm(p, &["-Z", "-t", "198.18.0.100:1"], "");
     assert_eq!((o.code, o.stderr.as_str()), (255, "No such service\n"));
+}
+
+/// Kernel IPVS refuses a real server that is not a unicast address (EINVAL, which ipvsadm
+/// words as below); so does lbadm, in `-a`, `-e` and `-R`, and changes nothing.
+#[test]
+fn reals_that_cannot_be_hosts_are_refused_as_ipvsadm_does() {
+    let d = director();
+    let p = &d.pins.0;
+    ok(p, &["-A", "-t", "198.18.0.100:7000", "-s", "rr"], "");
+    ok(
+        p,
+        &["-a", "-t", "198.18.0.100:7000", "-r", "198.18.0.11", "-i"],
+        "",
+    );
+    let before = snapshot(p);
+    for bad in ["255.255.255.255", "0.0.0.0", "224.0.0.1", "198.18.0.100"] {
+        for args in [
+            vec!["-a", "-t", "198.18.0.100:7000", "-r", bad, "-i"],
+            vec!["-e", "-t", "198.18.0.100:7000", "-r", bad, "-i"],
+        ] {
+            let o = lbadm(p, &args, "");
+            assert_eq!(
+                (o.code, o.stderr.as_str()),
+                (
+                    255,
+                    "Invalid operation.  Possibly wrong module version, address not unicast, ...\n"
+                ),
+                "{args:?}"
+            );
+        }
+        let o = lbadm(
+            p,
+            &["-R"],
+            &format!("-a -t 198.18.0.100:7000 -r {bad} -i -w 1\n"),
+        );
+        assert_eq!(o.code, 255, "{bad}: {}", o.stderr);
+        assert_eq!(snapshot(p), before, "{bad}");
+    }
+}
+
+/// `--pin-dir DIR` and `--pin-dir=DIR`, which `lbadm --help` advertises, work before ipvsadm's
+/// options as before lbadm's own verbs.
+#[test]
+fn pin_dir_comes_first_in_either_form() {
+    let d = director();
+    let p = d.pins.0.to_str().unwrap();
+    ok(
+        &d.pins.0,
+        &["-A", "-t", "198.18.0.100:7000", "-s", "rr"],
+        "",
+    );
+    let lbadm = |args: &[&str]| {
+        std::process::Command::new(lb_tests::lbadm_bin())
+            .env_remove("LBADM_PIN_DIR")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let eq = format!("--pin-dir={p}");
+    for args in [
+        vec!["--pin-dir", p, "-L", "-n"],
+        vec![eq.as_str(), "-L", "-n"],
+        vec![eq.as_str(), "-S", "-n"],
+    ] {
+        let o = lbadm(&args);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains("198.18.0.100:7000"), "{args:?}: {out}");
+    }
+    // Before a verb, in both forms.
+    for args in [
+        vec!["--pin-dir", p, "allow", "list"],
+        vec![eq.as_str(), "allow", "list"],
+    ] {
+        let o = lbadm(&args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let o = lbadm(&["--pin-dir"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--pin-dir"),
+        "{o:?}"
+    );
+}
+
+/// `lbadm --help` is ipvsadm's usage, and lists lbadm's own commands after it.
+#[test]
+fn help_lists_ipvsadm_options_and_lbadm_commands() {
+    for flag in ["--help", "-h"] {
+        let o = std::process::Command::new(lb_tests::lbadm_bin())
+            .arg(flag)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{flag}");
+        assert!(out.contains("--add-service"), "{out}");
+        for verb in [
+            "attach",
+            "detach",
+            "status",
+            "daemon",
+            "realserver",
+            "trace",
+            "allow",
+        ] {
+            assert!(
+                out.lines().any(|l| l.trim_start().starts_with(verb)),
+                "{verb} missing from {flag}:\n{out}"
+            );
+        }
+    }
+}
+
+/// A megabyte token is not echoed back whole; a restore over the data path's limits names
+/// the limit after ipvsadm's words.
+#[test]
+fn restore_errors_stay_short_and_name_the_limit() {
+    let d = director();
+    let p = &d.pins.0;
+    let huge = "x".repeat(1 << 20);
+    let o = lbadm(
+        p,
+        &["-R"],
+        &format!("-A -t 198.18.0.100:80\n-A -t 198.18.0.101:80 {huge}\n"),
+    );
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.len() < 200, "{} bytes of stderr", o.stderr.len());
+    assert!(o.stderr.starts_with("line 2: "), "{}", o.stderr);
+    assert!(o.stderr.contains("(1048576 bytes)"), "{}", o.stderr);
+    let o = lbadm(p, &["-A", "-t", "198.18.0.100:80", &huge], "");
+    assert!(o.stderr.len() < 200 && o.code != 0, "{}", o.stderr.len());
+    let rules: String = (0..lb_common::MAX_SERVICES + 1)
+        .map(|i| format!("-A -t 10.{}.{}.1:80\n", i / 256, i % 256))
+        .collect();
+    let o = lbadm(p, &["-R"], &rules);
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (
+            255,
+            "Memory allocation problem\nlbadm: too many virtual services (the maximum is 2048)\n"
+        )
+    );
+    assert!(
+        ok(p, &["-L", "-n"], "").lines().count() <= 3,
+        "nothing was added"
+    );
 }

@@ -213,14 +213,21 @@ enum RealserverCmd {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let first = args.get(1).map(String::as_str);
+    // `--pin-dir DIR` / `--pin-dir=DIR` may come first, before a verb or ipvsadm's options.
+    let (pin_dir, skip) = match args.get(1).map(String::as_str) {
+        Some("--pin-dir") => (args.get(2).map(PathBuf::from), 3),
+        Some(a) if a.starts_with("--pin-dir=") => (Some(PathBuf::from(&a[10..])), 2),
+        _ => (None, 1),
+    };
     // lbadm's own verbs come from the clap definition; any other first word is ipvsadm's.
     let cli = Cli::command();
     let is_verb = |a: &str| a == "help" || cli.get_subcommands().any(|c| c.get_name() == a);
-    let is_sub = first.is_some_and(is_verb)
-        || (first == Some("--pin-dir") && args.get(3).is_some_and(|a| is_verb(a)));
-    if !is_sub {
-        return ipvsadm(&args);
+    // (`--pin-dir` without its value goes to clap, which says so.)
+    let to_clap = args.get(skip).is_some_and(|a| is_verb(a)) || (skip == 3 && pin_dir.is_none());
+    if !to_clap {
+        let mut rest = vec![args[0].clone()];
+        rest.extend(args.iter().skip(skip).cloned());
+        return ipvsadm(&rest, pin_dir);
     }
     let cli = Cli::parse();
     match run(cli) {
@@ -258,15 +265,33 @@ fn run_allow(cmd: AllowCmd, pin_dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// ipvsadm's command line. The pin directory comes from `LBADM_PIN_DIR` (ipvsadm's grammar
-/// has no place for it).
-fn ipvsadm(args: &[String]) -> ExitCode {
+/// lbadm's own commands, for the end of ipvsadm's usage text.
+fn own_commands() -> String {
+    let mut out = String::from("\nlbadm's own commands (lbadm COMMAND --help for each):\n");
+    for c in Cli::command().get_subcommands() {
+        let about = c.get_about().map(|a| a.to_string()).unwrap_or_default();
+        let first = about.split(['.', ':']).next().unwrap_or_default().trim();
+        out.push_str(&format!("  {:<11} {first}\n", c.get_name()));
+    }
+    out.push_str(&format!(
+        "The pinned state lives in {} (--pin-dir DIR first, or LBADM_PIN_DIR, to change).\n",
+        datapath::DEFAULT_PIN_DIR
+    ));
+    out
+}
+
+/// ipvsadm's command line. The pin directory comes from a leading `--pin-dir`, else from
+/// `LBADM_PIN_DIR` (ipvsadm's own grammar has no place for it).
+fn ipvsadm(args: &[String], pin_dir: Option<PathBuf>) -> ExitCode {
     // As ipvsadm: messages name the program as it was invoked (argv[0], path and all).
     let program = args.first().cloned().unwrap_or_else(|| "lbadm".into());
-    let pin_dir = std::env::var_os("LBADM_PIN_DIR")
-        .map(PathBuf::from)
+    let pin_dir = pin_dir
+        .or_else(|| std::env::var_os("LBADM_PIN_DIR").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(datapath::DEFAULT_PIN_DIR));
-    let out = lb_userspace::ipvsadm::run(&program, &args[1..], &pin_dir, &mut std::io::stdin());
+    let mut out = lb_userspace::ipvsadm::run(&program, &args[1..], &pin_dir, &mut std::io::stdin());
+    if matches!(&args[1..], [h] if h == "-h" || h == "--help") {
+        out.stdout.push_str(&own_commands());
+    }
     use std::io::Write as _;
     let _ = std::io::stdout().write_all(out.stdout.as_bytes());
     let _ = std::io::stderr().write_all(out.stderr.as_bytes());

@@ -244,10 +244,10 @@ mod tests {
 
     #[test]
     fn the_kernels_own_tables_are_refused() {
-        let text = "iface = \"eth0\"\n[announce]\ntable = 254\n";
+        let text = "iface = \"eth0\"\nallow_no_services = true\n[announce]\ntable = 254\n";
         let e = crate::daemon::config::parse(std::path::Path::new("t.toml"), text).unwrap_err();
         assert_eq!(e.field, "announce.table", "{e}");
-        let ok = "iface = \"eth0\"\n[announce]\ndrain = \"500ms\"\n";
+        let ok = "iface = \"eth0\"\nallow_no_services = true\n[announce]\ndrain = \"500ms\"\n";
         let c = crate::daemon::config::parse(std::path::Path::new("t.toml"), ok).unwrap();
         let a = c.announce.unwrap();
         assert_eq!((a.table, a.drain), (100, Duration::from_millis(500)));

@@ -13,6 +13,8 @@
 //!                           # attaches (`lbadm attach --conn-table`); an attached one keeps its size
 //! flood_rate = 50000        # optional: new flows per second per CPU that start flood mode
 //!                           # (0: never); set at start and on every reload
+//! allow_no_services = false # a file without [[service]] is refused (it would remove every
+//!                           # service from the maps) unless this says it is meant
 //!
 //! [allow]                   # optional: source allow-lists per VIP; a VIP listed takes new
 //!                           # connections only from these (CIDRs or addresses). When present the
@@ -271,6 +273,8 @@ struct RawFile {
     announce: Option<super::announce::RawAnnounce>,
     conn_table: Option<Spanned<u32>>,
     flood_rate: Option<u32>,
+    #[serde(default)]
+    allow_no_services: bool,
     allow: Option<BTreeMap<Ipv4Addr, Vec<Spanned<String>>>>,
 }
 
@@ -361,6 +365,34 @@ pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
     parse(path, &text)
 }
 
+/// What is allowed but unwise in a valid file, for the daemon's log (as ssh warns about a key
+/// others can read): metrics listening on every interface, and a password in a file that group
+/// or others can read (`mode`: the file's permission bits).
+pub fn warnings(path: &Path, cfg: &DaemonConfig, mode: Option<u32>) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(addr) = cfg.metrics
+        && addr.ip().is_unspecified()
+    {
+        w.push(format!(
+            "metrics = \"{addr}\" listens on every interface: whoever reaches port {} reads the director's counters and health; bind it to 127.0.0.1 or a management address",
+            addr.port()
+        ));
+    }
+    let password = cfg
+        .services
+        .iter()
+        .flat_map(|s| &s.reals)
+        .any(|r| r.check.password.is_some());
+    if let Some(mode) = mode.filter(|m| password && m & 0o077 != 0) {
+        w.push(format!(
+            "{} holds a check password and is readable by group or others (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    w
+}
+
 /// Parses and validates `text` (read from `path`, which only names it in errors).
 pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
     let err = |span: Option<Range<usize>>, field: &str, reason: String| ConfigError {
@@ -403,6 +435,15 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
             Some(lists)
         }
     };
+    // The file is authoritative: without services it would remove every one from the maps,
+    // which a truncated or half-written file must not do by accident.
+    if raw.service.is_empty() && !raw.allow_no_services {
+        return Err(err(
+            None,
+            "service",
+            "no [[service]]: the daemon would remove every service from the maps; if that is what you mean, say so with allow_no_services = true".into(),
+        ));
+    }
     let mut services = Vec::new();
     let mut seen = HashSet::new();
     for (i, s) in raw.service.iter().enumerate() {
@@ -416,6 +457,13 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
             port: s.port,
         };
         let field = format!("service[{i}]");
+        if let Some(why) = crate::director::table::not_unicast(id.addr) {
+            return Err(err(
+                Some(s.vip.span()),
+                &format!("{field}.vip"),
+                format!("{} cannot be a VIP: {why}", id.addr),
+            ));
+        }
         if !seen.insert(id) {
             return Err(err(
                 Some(s.vip.span()),
@@ -435,6 +483,13 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
         for (j, r) in s.real.iter().enumerate() {
             let rfield = format!("{field}.real[{j}]");
             let addr = *r.address.get_ref();
+            if let Some(why) = crate::director::table::unusable_real(addr, id.addr) {
+                return Err(err(
+                    Some(r.address.span()),
+                    &format!("{rfield}.address"),
+                    format!("{addr} cannot be a real server: {why}"),
+                ));
+            }
             if !addrs.insert(addr) {
                 return Err(err(
                     Some(r.address.span()),
@@ -690,6 +745,59 @@ type = "tcp"
         assert_eq!(s.reals[1].check.interval, Duration::from_millis(200));
         assert_eq!(s.reals[1].weight, 1);
         assert_eq!(s.reals[0].check.port, 6033);
+    }
+
+    #[test]
+    fn unwise_choices_are_warned_about() {
+        let path = Path::new("/etc/lbadm/lbadm.toml");
+        let c = p(GOOD).unwrap();
+        assert!(warnings(path, &c, Some(0o644)).is_empty());
+        let open = p(&GOOD.replacen(
+            "iface = \"eth0\"\n",
+            "iface = \"eth0\"\nmetrics = \"0.0.0.0:9477\"\n",
+            1,
+        ))
+        .unwrap();
+        let w = warnings(path, &open, Some(0o600));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("every interface"), "{w:?}");
+        let pw = p(&GOOD.replace(
+            "fall = 2",
+            "fall = 2\nuser = \"monitor\"\npassword = \"s3cret\"",
+        ))
+        .unwrap();
+        assert!(warnings(path, &pw, Some(0o600)).is_empty());
+        let w = warnings(path, &pw, Some(0o644));
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("chmod 600") && w[0].contains("mode 644"),
+            "{w:?}"
+        );
+        assert!(!w[0].contains("s3cret"));
+    }
+
+    #[test]
+    fn a_file_without_services_is_refused_unless_it_says_so() {
+        let e = p("iface = \"eth0\"\n").unwrap_err();
+        assert_eq!(e.field, "service", "{e}");
+        assert!(e.to_string().contains("allow_no_services = true"), "{e}");
+        let c = p("iface = \"eth0\"\nallow_no_services = true\n").unwrap();
+        assert!(c.services.is_empty());
+    }
+
+    #[test]
+    fn addresses_that_cannot_be_hosts_are_refused_where_they_are() {
+        for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.5", "198.18.0.100"] {
+            let e = p(&GOOD.replace("198.18.0.12", bad)).unwrap_err();
+            assert!(e.field.ends_with(".address"), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("cannot be a real server"),
+                "{bad}: {e}"
+            );
+            assert!(e.position.is_some(), "{e}");
+        }
+        let e = p(&GOOD.replace("vip = \"198.18.0.100\"", "vip = \"0.0.0.0\"")).unwrap_err();
+        assert_eq!(e.field, "service[0].vip", "{e}");
     }
 
     #[test]

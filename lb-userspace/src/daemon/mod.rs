@@ -96,12 +96,34 @@ struct Daemon {
     stopping: bool,
     /// CPUs in flood mode at the last look (its start and end are logged).
     flooding: u32,
+    /// The id of the `LB_SERVICES` map the daemon configures: another id under the pin
+    /// directory means the data path was detached and attached anew.
+    services_map: Option<u32>,
+    /// The data path was seen detached (logged once).
+    detached: bool,
+}
+
+/// The id of the services map pinned under `pin_dir`, if one is.
+fn services_map_id(pin_dir: &std::path::Path) -> Option<u32> {
+    aya::maps::MapInfo::from_pin(pin_dir.join(lb_common::MAP_SERVICES))
+        .ok()
+        .map(|i| i.id())
+}
+
+/// Logs what the file allows but should not do (see [`config::warnings`]).
+fn warn_unwise(path: &std::path::Path, cfg: &DaemonConfig) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok().map(|m| m.permissions().mode());
+    for w in config::warnings(path, cfg, mode) {
+        warn!("{w}");
+    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(opts: Options) -> anyhow::Result<()> {
     crate::init_tracing("info");
     let cfg = config::load(&opts.config)?;
+    warn_unwise(&opts.config, &cfg);
     // Before the runtime: attaching runs its own netlink runtime.
     let pin_dir = cfg.pin_dir.clone().unwrap_or(opts.pin_dir.clone());
     if !datapath::is_attached(&pin_dir) {
@@ -156,6 +178,7 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
 
+    let services_map = services_map_id(&pin_dir);
     let mut d = Daemon {
         path: opts.config,
         pin_dir,
@@ -174,6 +197,8 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
         announcer: None,
         stopping: false,
         flooding: 0,
+        services_map,
+        detached: false,
     };
     d.apply_config(cfg.clone(), true)
         .context("applying the configuration")?;
@@ -204,7 +229,7 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
         let verify = tokio::select! {
             Some(ev) = rx.recv() => { d.on_event(ev); false }
             _ = hup.recv() => { d.reload(); false }
-            _ = tick.tick() => { d.watch_flood(); d.write_status(); true }
+            _ = tick.tick() => { d.watch_datapath(); d.watch_flood(); d.write_status(); true }
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
@@ -243,6 +268,37 @@ impl Daemon {
             info!("allow-lists set: {} VIP(s) with a list", lists.len());
         }
         Ok(())
+    }
+
+    /// Notices a data path detached, or detached and attached anew (its maps are new and empty,
+    /// while this daemon still holds the old ones): the first is logged and waited out, the
+    /// second restarts the daemon in place (same pid, same arguments), which applies the
+    /// configuration to the new maps as any start does.
+    fn watch_datapath(&mut self) {
+        match services_map_id(&self.pin_dir) {
+            None if !self.detached => {
+                self.detached = true;
+                warn!(
+                    pin_dir = %self.pin_dir.display(),
+                    "the data path was detached: the configuration goes to the next one attached there"
+                );
+            }
+            Some(id) if Some(id) != self.services_map => {
+                warn!(
+                    pin_dir = %self.pin_dir.display(),
+                    "the data path was replaced (attached anew, its maps empty): restarting to apply the configuration to it"
+                );
+                use std::os::unix::process::CommandExt as _;
+                let err = std::process::Command::new("/proc/self/exe")
+                    .args(std::env::args_os().skip(1))
+                    .exec();
+                error!(
+                    "restarting failed ({err}); restart the daemon to configure the new data path"
+                );
+                self.services_map = Some(id);
+            }
+            _ => {}
+        }
     }
 
     /// Logs when flood mode starts and ends (the data path counts, it does not tell).
@@ -299,6 +355,7 @@ impl Daemon {
                 return;
             }
         };
+        warn_unwise(&self.path, &cfg);
         if cfg.iface != self.cfg.iface
             || cfg.pin_dir != self.cfg.pin_dir
             || cfg.metrics != self.cfg.metrics

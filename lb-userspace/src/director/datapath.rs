@@ -62,6 +62,14 @@ pub enum DatapathError {
         need_mib: u64,
         avail_mib: u64,
     },
+    #[error(
+        "{iface} already has an XDP program attached: {name} (id {id}); detach it first (e.g. `ip link set dev {iface} xdp off`), or attach lbadm to another interface"
+    )]
+    XdpInUse {
+        iface: String,
+        id: u32,
+        name: String,
+    },
     #[error("--conn-table {0} is too small: at least {MIN_CONNS} entries")]
     TableTooSmall(u32),
     #[error(
@@ -231,6 +239,21 @@ pub fn attach(opts: &AttachOptions) -> Result<AttachReport> {
             .next()
             .ok_or_else(|| DatapathError::NoTunnelSource(opts.iface.clone()))?,
     };
+    if let Some(id) = netlink::Rtnl::new()?
+        .link(&opts.iface)?
+        .and_then(|l| l.xdp_prog)
+    {
+        let name = aya::programs::loaded_programs()
+            .flatten()
+            .find(|p| p.id() == id)
+            .and_then(|p| p.name_as_str().map(str::to_string))
+            .unwrap_or_else(|| "a program without a name".into());
+        return Err(DatapathError::XdpInUse {
+            iface: opts.iface.clone(),
+            id,
+            name,
+        });
+    }
     let sizes = TableSizes::for_conns(opts.conn_table.unwrap_or(lb_common::DEFAULT_CONNS))?;
     sizes.check_memory(host::mem_available()?)?;
     let existed = opts.pin_dir.exists();

@@ -37,6 +37,8 @@ pub enum PlanError {
     DuplicateReal(ServiceId, Ipv4Addr),
     #[error("service {0} is listed twice")]
     DuplicateService(ServiceId),
+    #[error("{1} cannot be a real server of {0}: {2}")]
+    UnusableReal(ServiceId, Ipv4Addr, &'static str),
 }
 
 /// What the maps hold, as far as planning needs it.
@@ -121,6 +123,9 @@ fn validate(want: &[VirtualService]) -> Result<(), PlanError> {
         for r in &s.reals {
             if !addrs.insert(r.addr) {
                 return Err(PlanError::DuplicateReal(s.id, r.addr));
+            }
+            if let Some(why) = super::table::unusable_real(r.addr, s.id.addr) {
+                return Err(PlanError::UnusableReal(s.id, r.addr, why));
             }
         }
     }

@@ -110,3 +110,49 @@ pub struct InstalledService {
 pub fn addr(be: u32) -> Ipv4Addr {
     Ipv4Addr::from(be.to_ne_bytes())
 }
+
+/// Why `addr` cannot be a host that answers for a VIP or takes tunnelled packets, if it cannot:
+/// a packet encapsulated to it (or a VIP configured as it) would go nowhere. `None` for a
+/// unicast address.
+pub fn not_unicast(addr: Ipv4Addr) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        Some("0.0.0.0 is no host")
+    } else if addr.is_broadcast() {
+        Some("it is the broadcast address")
+    } else if addr.is_multicast() {
+        Some("it is a multicast address")
+    } else {
+        // Loopback and local addresses stay allowed: kernel IPVS takes them (its local node).
+        None
+    }
+}
+
+/// Why `addr` cannot be a real server of a service on `vip`, if it cannot.
+pub fn unusable_real(addr: Ipv4Addr, vip: Ipv4Addr) -> Option<&'static str> {
+    if addr == vip {
+        return Some("it is the service's own VIP (the director would tunnel to itself)");
+    }
+    not_unicast(addr)
+}
+
+#[cfg(test)]
+mod unicast_tests {
+    use super::*;
+
+    #[test]
+    fn only_unicast_hosts_other_than_the_vip_can_be_reals() {
+        let vip = Ipv4Addr::new(198, 18, 0, 100);
+        for bad in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "239.1.2.3",
+            "198.18.0.100",
+        ] {
+            assert!(unusable_real(bad.parse().unwrap(), vip).is_some(), "{bad}");
+        }
+        for good in ["198.18.0.11", "10.0.0.1", "192.0.2.7", "127.0.0.1"] {
+            assert_eq!(unusable_real(good.parse().unwrap(), vip), None, "{good}");
+        }
+    }
+}

@@ -63,6 +63,11 @@ pub const TIMEOUTS: (u32, u32, u32) = (
 /// kernel; the data path keeps plain counters).
 pub const RATE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The kernel's EINVAL as ipvsadm words it (`libipvs.c`): what IPVS answers for a real server
+/// that is not a unicast address.
+const NOT_UNICAST: &str =
+    "Invalid operation.  Possibly wrong module version, address not unicast, ...";
+
 /// An operation error with ipvsadm's text for it (exit 255, as ipvsadm's `return -1`).
 fn op_err(msg: &str) -> Outcome {
     Outcome::err(msg, 255)
@@ -71,18 +76,32 @@ fn op_err(msg: &str) -> Outcome {
 fn map_failure(e: MapsError) -> Outcome {
     match e {
         MapsError::NotAttached(_) => Outcome::err(format!("lbadm: {e}"), 2),
-        MapsError::Plan(PlanError::TooManyServices | PlanError::TooManyReals) => {
-            Outcome::err("Memory allocation problem", 255)
+        // ipvsadm's words for ENOMEM, then which limit it was.
+        MapsError::Plan(ref p @ (PlanError::TooManyServices | PlanError::TooManyReals)) => {
+            Outcome::err(format!("Memory allocation problem\nlbadm: {p}"), 255)
         }
+        MapsError::Plan(PlanError::UnusableReal(..)) => op_err(NOT_UNICAST),
         other => Outcome::err(format!("lbadm: {other}"), 255),
     }
+}
+
+/// An error message with every overlong word cut (a 1 MB token is not echoed back whole).
+fn clip(msg: &str) -> String {
+    const MAX: usize = 64;
+    msg.split(' ')
+        .map(|w| match w.char_indices().nth(MAX) {
+            Some((cut, _)) => format!("{}... ({} bytes)", &w[..cut], w.len()),
+            None => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Runs one ipvsadm command line (`args` without the program name).
 pub fn run(program: &str, args: &[String], pin_dir: &Path, stdin: &mut dyn Read) -> Outcome {
     let inv = match grammar::parse_as(program, args) {
         Ok(inv) => inv,
-        Err(e) => return Outcome::err(e.message, e.exit_code),
+        Err(e) => return Outcome::err(clip(&e.message), e.exit_code),
     };
     match inv.command {
         Command::Help => return Outcome::ok(grammar::usage(program)),
@@ -192,9 +211,13 @@ fn edit(table: &mut Vec<VirtualService>, inv: &Invocation) -> Result<(), Outcome
         Command::AddServer | Command::EditServer | Command::DeleteServer => {
             let i = pos(table).ok_or_else(|| op_err("Service not defined"))?;
             let (addr, _port) = inv.real.expect("the grammar requires a real server");
+            let unusable = crate::director::table::unusable_real(addr, table[i].id.addr);
             let reals = &mut table[i].reals;
             let r = reals.iter().position(|r| r.addr == addr);
             match (inv.command, r) {
+                (Command::AddServer | Command::EditServer, _) if unusable.is_some() => {
+                    return Err(op_err(NOT_UNICAST));
+                }
                 (Command::AddServer, Some(_)) => return Err(op_err("Destination already exists")),
                 (Command::AddServer, None) => reals.push(RealServer {
                     addr,
@@ -221,9 +244,19 @@ fn restore(program: &str, maps: &mut Maps, stdin: &mut dyn Read) -> Outcome {
         );
     }
     change(maps, |table| {
-        for args in grammar::restore_lines(&input) {
+        // Line by line, so that an error says where it is (ipvsadm does not).
+        let lines = input.split('\n').enumerate();
+        for (n, args) in lines.flat_map(|(n, l)| {
+            grammar::restore_lines(l)
+                .into_iter()
+                .map(move |a| (n + 1, a))
+        }) {
+            let at_line = |o: Outcome| Outcome {
+                stderr: format!("line {n}: {}", o.stderr),
+                ..o
+            };
             let inv = grammar::parse_as(program, &args)
-                .map_err(|e| Outcome::err(e.message, e.exit_code))?;
+                .map_err(|e| at_line(Outcome::err(clip(&e.message), e.exit_code)))?;
             match inv.command {
                 Command::AddService
                 | Command::EditService
@@ -231,9 +264,9 @@ fn restore(program: &str, maps: &mut Maps, stdin: &mut dyn Read) -> Outcome {
                 | Command::Clear
                 | Command::AddServer
                 | Command::EditServer
-                | Command::DeleteServer => edit(table, &inv)?,
+                | Command::DeleteServer => edit(table, &inv).map_err(at_line)?,
                 // ipvsadm treats other commands inside a restore as a usage error.
-                _ => return Err(Outcome::err(grammar::try_help(program), 255)),
+                _ => return Err(at_line(Outcome::err(grammar::try_help(program), 255))),
             }
         }
         Ok(())

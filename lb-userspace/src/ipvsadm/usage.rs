@@ -179,11 +179,6 @@ Not supported by this IPv4, IPIP-tunnel-only director (refused with exit 2):
   --tun-csum, --tun-remcsum, -M other than 255.255.255.255, --pe, -b, -o, -x, -y,
   --set, --start-daemon, --stop-daemon, -L --thresholds|--persistent-conn|--tun-info;
   and IPv6 addresses (exit 255).
-
-The data path itself:
-  {program} attach --iface IF [--tunnel-source ADDR] [--generic] [--log-level LEVEL]
-  {program} detach | status [--json] | log
-  The pinned state lives in /sys/fs/bpf/lbadm (LBADM_PIN_DIR or --pin-dir to change).
 "
     )
 }

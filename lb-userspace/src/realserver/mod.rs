@@ -345,6 +345,14 @@ pub fn setup(opts: &SetupOptions) -> Result<SetupReport> {
     if vips.is_empty() {
         return Err(msg("no VIP given: pass --vip VIP[,VIP...]"));
     }
+    if let Some((vip, why)) = vips
+        .iter()
+        .find_map(|&v| crate::director::table::not_unicast(v).map(|why| (v, why)))
+    {
+        return Err(msg(format!(
+            "{vip} cannot be a VIP: {why}; nothing was changed"
+        )));
+    }
     if opts.decap != DecapMode::Tunl0 && directors.is_empty() {
         return Err(msg(format!(
             "--decap {} needs --director ADDR (at least one): the decapsulation only accepts tunnelled packets from listed directors",

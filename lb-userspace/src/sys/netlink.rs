@@ -6,7 +6,7 @@
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
-    link::{LinkAttribute, LinkFlags, LinkMessage},
+    link::{LinkAttribute, LinkFlags, LinkMessage, LinkXdp},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope},
 };
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
@@ -144,6 +144,8 @@ pub struct Link {
     pub name: String,
     pub up: bool,
     pub mtu: u32,
+    /// The id of the XDP program attached to it, if any.
+    pub xdp_prog: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,10 +167,17 @@ pub fn name_of(links: &[Link], index: u32) -> String {
 fn link_from(m: &LinkMessage) -> Link {
     let mut name = String::new();
     let mut mtu = 0;
+    let mut xdp_prog = None;
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => name = n.clone(),
             LinkAttribute::Mtu(v) => mtu = *v,
+            LinkAttribute::Xdp(x) => {
+                xdp_prog = x.iter().find_map(|x| match x {
+                    LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                    _ => None,
+                });
+            }
             _ => {}
         }
     }
@@ -177,6 +186,7 @@ fn link_from(m: &LinkMessage) -> Link {
         name,
         up: m.header.flags.contains(LinkFlags::Up),
         mtu,
+        xdp_prog,
     }
 }
 

@@ -142,7 +142,8 @@ mod tests {
     use crate::daemon::config::parse;
     use std::path::Path;
 
-    const BASE: &str = "iface = \"eth0\"\n[sync]\nlisten = \"198.18.0.2:8849\"\n";
+    const BASE: &str =
+        "iface = \"eth0\"\nallow_no_services = true\n[sync]\nlisten = \"198.18.0.2:8849\"\n";
 
     fn p(
         extra: &str,

@@ -74,6 +74,19 @@ fn header(pins: &Path, files: &Files) -> String {
     )
 }
 
+/// A configuration of VIP:6033 over real1 (weight `w1`) and real2 (weight 1), fast tcp checks.
+fn write_two_reals(pins: &Path, files: &Files, w1: u32) {
+    std::fs::write(
+        files.config(),
+        format!(
+            "{}[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n[service.check]\ntype = \"tcp\"\n{FAST}\
+             [[service.real]]\naddress = \"198.18.0.11\"\nweight = {w1}\n[[service.real]]\naddress = \"198.18.0.12\"\nweight = 1\n",
+            header(pins, files)
+        ),
+    )
+    .unwrap();
+}
+
 const FAST: &str =
     "interval = \"200ms\"\ntimeout = \"150ms\"\nfall = 2\nrise = 2\njitter = \"20ms\"\n";
 
@@ -760,15 +773,7 @@ fn daemon_death_and_restart_lose_nothing() {
     let (bed, pins, _pass, _decap) = bed("dmk", true);
     let _servers = bed.start_echo_servers(6033).unwrap();
     let files = Files::new("kill");
-    std::fs::write(
-        files.config(),
-        format!(
-            "{}[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n[service.check]\ntype = \"tcp\"\n{FAST}\
-             [[service.real]]\naddress = \"198.18.0.11\"\nweight = 3\n[[service.real]]\naddress = \"198.18.0.12\"\nweight = 1\n",
-            header(&pins.0, &files)
-        ),
-    )
-    .unwrap();
+    write_two_reals(&pins.0, &files, 3);
     let daemon = start_daemon(&bed, &pins.0, &files);
     let d = bed.director();
     wait_until("configured", Duration::from_secs(5), || {
@@ -888,15 +893,7 @@ fn a_replaced_data_path_gets_the_configuration_again() {
     let (bed, pins, _pass, _decap) = bed("dmr", true);
     let _servers = bed.start_echo_servers(6033).unwrap();
     let files = Files::new("replace");
-    std::fs::write(
-        files.config(),
-        format!(
-            "{}[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n[service.check]\ntype = \"tcp\"\n{FAST}\
-             [[service.real]]\naddress = \"198.18.0.11\"\n[[service.real]]\naddress = \"198.18.0.12\"\n",
-            header(&pins.0, &files)
-        ),
-    )
-    .unwrap();
+    write_two_reals(&pins.0, &files, 1);
     let daemon = start_daemon(&bed, &pins.0, &files);
     let d = bed.director();
     wait_until("configured", Duration::from_secs(5), || {

@@ -172,3 +172,113 @@ fn attach_failures_are_one_line_and_leave_nothing() {
     assert!(!pins.0.exists());
     drop(other);
 }
+
+/// A named network namespace (`ip netns add`), deleted on drop, even when the test fails.
+struct NamedNetns(String);
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// `ip netns exec` runs lbadm in a private mount namespace whose /sys/fs/bpf vanishes with the
+/// command: refused, with the way that works, and nothing changed. `nsenter --net` keeps the
+/// system's mounts: the data path's state goes to that namespace's own default pin directory,
+/// outlives the command, and the next command finds it.
+#[test]
+fn each_named_netns_has_its_own_pins_and_ip_netns_exec_is_refused_clearly() {
+    let name = format!("lbadm-t{}", std::process::id());
+    let run = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("running a command")
+    };
+    assert!(run(&["ip", "netns", "add", &name]).status.success());
+    let _ns = NamedNetns(name.clone());
+    for args in [
+        vec![
+            "ip", "-n", &name, "link", "add", "a0", "type", "veth", "peer", "name", "a1",
+        ],
+        vec![
+            "ip",
+            "-n",
+            &name,
+            "addr",
+            "add",
+            "198.18.9.9/24",
+            "dev",
+            "a0",
+        ],
+        vec!["ip", "-n", &name, "link", "set", "a0", "up"],
+        vec!["ip", "-n", &name, "link", "set", "a1", "up"],
+    ] {
+        assert!(run(&args).status.success(), "{args:?}");
+    }
+    let lbadm = lbadm_bin();
+    let lbadm = lbadm.to_str().unwrap();
+    let pins = Path::new("/sys/fs/bpf").join(format!("lbadm-{name}"));
+    let forwarding = || {
+        let o = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &name,
+            "cat",
+            "/proc/sys/net/ipv4/conf/a0/forwarding",
+        ]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+
+    let o = run(&[
+        "ip", "netns", "exec", &name, lbadm, "attach", "--iface", "a0",
+    ]);
+    assert_one_line_error(&o, &["ip netns exec", "nsenter --net=/run/netns/"]);
+    assert_eq!(forwarding(), "0");
+    assert!(!pins.exists());
+
+    let net = format!("--net=/run/netns/{name}");
+    let o = run(&["nsenter", &net, lbadm, "attach", "--iface", "a0"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(
+        text(&o).0.contains(&pins.display().to_string()),
+        "{:?}",
+        text(&o)
+    );
+    assert!(pins.join("link_xdp").exists());
+    let o = run(&["nsenter", &net, lbadm, "status"]);
+    assert!(
+        text(&o).0.starts_with("data path: attached on a0"),
+        "{:?}",
+        text(&o)
+    );
+    let o = run(&[
+        "nsenter",
+        &net,
+        lbadm,
+        "-A",
+        "-t",
+        "198.18.9.100:80",
+        "-s",
+        "rr",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    // The host's namespace has its own data path (or none): the service is not in it.
+    let o = std::process::Command::new(lbadm)
+        .env_remove("LBADM_PIN_DIR")
+        .args(["-L", "-n"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(
+        !out.contains("198.18.9.100") && !err.contains("198.18.9.100"),
+        "{out}{err}"
+    );
+    let o = run(&["nsenter", &net, lbadm, "detach"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(!pins.exists());
+    assert_eq!(forwarding(), "0", "detach restores forwarding");
+}

@@ -7,7 +7,8 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use lb_userspace::{
     daemon::{self, config, status::Status},
     director::{Maps, Protocol, allow, datapath, status, trace},
-    realserver::{self, decap},
+    realserver,
+    sys::bpffs,
 };
 use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 
@@ -18,9 +19,10 @@ use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
     about = "Layer-4 load balancer (LVS-TUN) on XDP"
 )]
 struct Cli {
-    /// bpffs directory holding the pinned maps and links.
-    #[arg(long, global = true, env = "LBADM_PIN_DIR", default_value = datapath::DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
+    /// bpffs directory holding the pinned maps and links (default: /sys/fs/bpf/lbadm, and
+    /// /sys/fs/bpf/lbadm-NAME in the `ip netns` NAME).
+    #[arg(long, global = true, env = "LBADM_PIN_DIR")]
+    pin_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -178,8 +180,9 @@ enum RealserverCmd {
         #[arg(long, default_value = realserver::DEFAULT_STATE_FILE)]
         state_file: PathBuf,
         /// bpffs directory for the XDP decapsulation's pins.
-        #[arg(long, default_value = decap::DEFAULT_PIN_DIR)]
-        decap_pin_dir: PathBuf,
+        /// (default: /sys/fs/bpf/lbadm-decap, -NAME in the `ip netns` NAME)
+        #[arg(long)]
+        decap_pin_dir: Option<PathBuf>,
     },
     /// Undo what setup did: restore sysctls, remove added addresses, detach, remove files.
     Teardown {
@@ -201,8 +204,9 @@ enum RealserverCmd {
         iface: Option<String>,
         #[arg(long, default_value = realserver::DEFAULT_STATE_FILE)]
         state_file: PathBuf,
-        #[arg(long, default_value = decap::DEFAULT_PIN_DIR)]
-        decap_pin_dir: PathBuf,
+        /// (default: /sys/fs/bpf/lbadm-decap, -NAME in the `ip netns` NAME)
+        #[arg(long)]
+        decap_pin_dir: Option<PathBuf>,
         /// Warnings (mtu-too-small) make the check fail too.
         #[arg(long)]
         strict: bool,
@@ -274,7 +278,8 @@ fn own_commands() -> String {
         out.push_str(&format!("  {:<11} {first}\n", c.get_name()));
     }
     out.push_str(&format!(
-        "The pinned state lives in {} (--pin-dir DIR first, or LBADM_PIN_DIR, to change).\n",
+        "The pinned state lives in {} ({}-NAME in the `ip netns` NAME); --pin-dir DIR first, or\nLBADM_PIN_DIR, to change.\n",
+        datapath::DEFAULT_PIN_DIR,
         datapath::DEFAULT_PIN_DIR
     ));
     out
@@ -287,7 +292,7 @@ fn ipvsadm(args: &[String], pin_dir: Option<PathBuf>) -> ExitCode {
     let program = args.first().cloned().unwrap_or_else(|| "lbadm".into());
     let pin_dir = pin_dir
         .or_else(|| std::env::var_os("LBADM_PIN_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(datapath::DEFAULT_PIN_DIR));
+        .unwrap_or_else(|| bpffs::default_pin_dir("lbadm"));
     let mut out = lb_userspace::ipvsadm::run(&program, &args[1..], &pin_dir, &mut std::io::stdin());
     if matches!(&args[1..], [h] if h == "-h" || h == "--help") {
         out.stdout.push_str(&own_commands());
@@ -299,8 +304,11 @@ fn ipvsadm(args: &[String], pin_dir: Option<PathBuf>) -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let pin = cli
+        .pin_dir
+        .unwrap_or_else(|| bpffs::default_pin_dir("lbadm"));
     match cli.cmd {
-        Cmd::Realserver { cmd } => return run_realserver(cmd, &cli.pin_dir),
+        Cmd::Realserver { cmd } => return run_realserver(cmd, &pin),
         Cmd::Attach {
             iface,
             tunnel_source,
@@ -311,7 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let r = datapath::attach(&datapath::AttachOptions {
                 iface: iface.clone(),
-                pin_dir: cli.pin_dir.clone(),
+                pin_dir: pin.clone(),
                 tunnel_source,
                 generic,
                 log: log_level,
@@ -332,7 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "attached to {iface} ({} XDP), tunnel source {}, state pinned under {}",
                 if r.generic { "generic" } else { "native" },
                 r.tunnel_source,
-                cli.pin_dir.display()
+                pin.display()
             );
             if r.forwarding_enabled {
                 println!(
@@ -346,7 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             proto,
             json,
         } => {
-            let maps = Maps::open(&cli.pin_dir)?;
+            let maps = Maps::open(&pin)?;
             let q = trace::Query {
                 client: client.0,
                 client_port: client.1,
@@ -364,9 +372,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", t.render(&q));
             }
         }
-        Cmd::Allow { cmd } => run_allow(cmd, &cli.pin_dir)?,
+        Cmd::Allow { cmd } => run_allow(cmd, &pin)?,
         Cmd::Detach => {
-            let r = datapath::detach(&cli.pin_dir)?;
+            let r = datapath::detach(&pin)?;
             println!(
                 "detached{}",
                 r.iface.map(|i| format!(" from {i}")).unwrap_or_default()
@@ -380,11 +388,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let st = Status::read(&status_file);
             let alive = st.as_ref().is_some_and(|s| s.alive());
             return Ok(
-                match daemon::status::readiness(
-                    datapath::is_attached(&cli.pin_dir),
-                    st.as_ref(),
-                    alive,
-                ) {
+                match daemon::status::readiness(datapath::is_attached(&pin), st.as_ref(), alive) {
                     Ok(why) => {
                         println!("ready: {why}");
                         ExitCode::SUCCESS
@@ -399,7 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Status {
             json, status_file, ..
         } => {
-            let dp = status::read(&cli.pin_dir)?;
+            let dp = status::read(&pin)?;
             let health = Status::read(&status_file);
             if json {
                 let mut v = serde_json::to_value(&dp)?;
@@ -441,10 +445,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             daemon::run(daemon::Options {
                 config,
-                pin_dir: cli.pin_dir.clone(),
+                pin_dir: pin.clone(),
             })?;
         }
-        Cmd::Log => status::stream_log(&cli.pin_dir)?,
+        Cmd::Log => status::stream_log(&pin)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -467,7 +471,8 @@ fn run_realserver(cmd: RealserverCmd, pin_dir: &std::path::Path) -> anyhow::Resu
                 directors: director,
                 sysctl_file,
                 state_file,
-                decap_pin_dir,
+                decap_pin_dir: decap_pin_dir
+                    .unwrap_or_else(|| bpffs::default_pin_dir("lbadm-decap")),
                 director_pin_dir: pin_dir.to_path_buf(),
             })?;
             for w in &r.warnings {
@@ -506,7 +511,8 @@ fn run_realserver(cmd: RealserverCmd, pin_dir: &std::path::Path) -> anyhow::Resu
                 decap,
                 iface,
                 state_file,
-                decap_pin_dir,
+                decap_pin_dir: decap_pin_dir
+                    .unwrap_or_else(|| bpffs::default_pin_dir("lbadm-decap")),
                 director_pin_dir: pin_dir.to_path_buf(),
             })?;
             let healthy = r.healthy(strict);

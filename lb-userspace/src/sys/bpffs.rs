@@ -2,7 +2,11 @@
 //! into one line.
 
 use super::{SysError, host::kernel_release};
-use std::{ffi::CString, path::Path};
+use std::{
+    ffi::CString,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
 /// Name of the pinned XDP link in a pin directory (director and decapsulation alike).
 pub const LINK_XDP: &str = "link_xdp";
@@ -18,10 +22,52 @@ fn is_bpffs(path: &Path) -> bool {
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
+/// The `ip netns` name of this process's network namespace (its entry in /run/netns), if any.
+pub fn netns_name() -> Option<String> {
+    let own = std::fs::metadata("/proc/self/ns/net").ok()?.ino();
+    std::fs::read_dir("/run/netns")
+        .ok()?
+        .flatten()
+        .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == own))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// The default pin directory `/sys/fs/bpf/BASE`, or `/sys/fs/bpf/BASE-NAME` in the `ip netns`
+/// NAME: each network namespace has its own data path, as each has its own IPVS table.
+pub fn default_pin_dir(base: &str) -> PathBuf {
+    match netns_name() {
+        None => Path::new(BPFFS_ROOT).join(base),
+        Some(name) => Path::new(BPFFS_ROOT).join(format!("{base}-{name}")),
+    }
+}
+
+/// Whether `mountinfo` shows the /sys that `ip netns exec NAME` mounts in the private mount
+/// namespace it runs its command in (a sysfs whose source is the namespace's name).
+fn is_ip_netns_exec_sys(mountinfo: &str, name: &str) -> bool {
+    mountinfo.lines().any(|l| {
+        let Some((left, right)) = l.split_once(" - ") else {
+            return false;
+        };
+        let mut r = right.split(' ');
+        left.split(' ').nth(4) == Some("/sys")
+            && r.next() == Some("sysfs")
+            && r.next() == Some(name)
+    })
+}
+
 /// The pin directory must live on a bpffs; its parent is checked when it does not exist yet.
 /// Like bpftool, mount the standard bpffs at /sys/fs/bpf when nothing is mounted there (some
 /// minimal systems and containers boot without it).
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), SysError> {
+    // Under `ip netns exec`, /sys/fs/bpf is not the system's bpffs: whatever is pinned there
+    // vanishes with the command, and lbadm would report success for nothing.
+    if pin_dir.starts_with(BPFFS_ROOT)
+        && let Some(name) = netns_name()
+        && std::fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|m| is_ip_netns_exec_sys(&m, &name))
+    {
+        return Err(SysError::PrivateBpffs(name));
+    }
     let probe = if pin_dir.exists() {
         pin_dir
     } else {
@@ -331,5 +377,18 @@ pub mod raw {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ip_netns_exec_is_recognised_by_its_sys() {
+        let host = "23 27 0:22 / /sys rw,relatime - sysfs sysfs rw\n27 1 254:0 / / rw - ext4 /dev/vda rw\n";
+        let exec =
+            "49 48 254:0 / / rw - ext4 /dev/vda rw\n52 49 0:41 / /sys rw,relatime - sysfs ns1 rw\n";
+        assert!(!super::is_ip_netns_exec_sys(host, "ns1"));
+        assert!(super::is_ip_netns_exec_sys(exec, "ns1"));
+        assert!(!super::is_ip_netns_exec_sys(exec, "ns2"));
     }
 }

@@ -158,58 +158,56 @@ pub fn text(
     Ok(out)
 }
 
+/// One metric family `lbadm_NAME`: its HELP and TYPE lines, then one sample per row
+/// (labels, already in braces, or empty).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP lbadm_{name} {help}");
+    let _ = writeln!(out, "# TYPE lbadm_{name} {kind}");
+    for (labels, v) in rows {
+        let _ = writeln!(out, "lbadm_{name}{labels} {v}");
+    }
+}
+
 fn table_text(out: &mut String, t: &crate::director::conntrack::TableStatus) {
-    let _ = writeln!(
+    let per_table = |established: u64, unconfirmed: u64| {
+        vec![
+            ("{table=\"established\"}".to_string(), established as f64),
+            ("{table=\"unconfirmed\"}".to_string(), unconfirmed as f64),
+        ]
+    };
+    family(
         out,
-        "# HELP lbadm_conntrack_entries Entries in a connection table (established: confirmed connections; unconfirmed: handshakes in progress)."
+        "conntrack_entries",
+        "gauge",
+        "Entries in a connection table (established: confirmed connections; unconfirmed: handshakes in progress).",
+        &per_table(t.established, t.unconfirmed),
     );
-    let _ = writeln!(out, "# TYPE lbadm_conntrack_entries gauge");
-    let _ = writeln!(
+    family(
         out,
-        "lbadm_conntrack_entries{{table=\"established\"}} {}",
-        t.established
+        "conntrack_size",
+        "gauge",
+        "Entries a connection table holds before it evicts the least recently used.",
+        &per_table(t.established_size.into(), t.unconfirmed_size.into()),
     );
-    let _ = writeln!(
+    family(
         out,
-        "lbadm_conntrack_entries{{table=\"unconfirmed\"}} {}",
-        t.unconfirmed
+        "flood_mode_cpus",
+        "gauge",
+        "CPUs in flood mode now (SYNs forwarded without being recorded).",
+        &[(String::new(), t.flooding_cpus.into())],
     );
-    let _ = writeln!(
+    family(
         out,
-        "# HELP lbadm_conntrack_size Entries a connection table holds before it evicts the least recently used."
+        "flood_mode_entered_total",
+        "counter",
+        "Times a CPU entered flood mode.",
+        &[(String::new(), t.flood_trips as f64)],
     );
-    let _ = writeln!(out, "# TYPE lbadm_conntrack_size gauge");
-    let _ = writeln!(
-        out,
-        "lbadm_conntrack_size{{table=\"established\"}} {}",
-        t.established_size
-    );
-    let _ = writeln!(
-        out,
-        "lbadm_conntrack_size{{table=\"unconfirmed\"}} {}",
-        t.unconfirmed_size
-    );
-    let _ = writeln!(
-        out,
-        "# HELP lbadm_flood_mode_cpus CPUs in flood mode now (SYNs forwarded without being recorded)."
-    );
-    let _ = writeln!(out, "# TYPE lbadm_flood_mode_cpus gauge");
-    let _ = writeln!(out, "lbadm_flood_mode_cpus {}", t.flooding_cpus);
-    let _ = writeln!(
-        out,
-        "# HELP lbadm_flood_mode_entered_total Times a CPU entered flood mode."
-    );
-    let _ = writeln!(out, "# TYPE lbadm_flood_mode_entered_total counter");
-    let _ = writeln!(out, "lbadm_flood_mode_entered_total {}", t.flood_trips);
 }
 
 fn sync_text(out: &mut String, s: &SyncStatus) {
     let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP lbadm_sync_{name} {help}");
-        let _ = writeln!(out, "# TYPE lbadm_sync_{name} {kind}");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "lbadm_sync_{name}{labels} {v}");
-        }
+        family(out, &format!("sync_{name}"), kind, help, rows)
     };
     let one = |v: u64| vec![(String::new(), v as f64)];
     metric(

@@ -16,7 +16,7 @@ use lb_common::{FloodState, MAP_CONNS, MAP_CONNS_NEW};
 use serde::Serialize;
 use std::{collections::HashMap, net::Ipv4Addr, os::fd::AsFd as _};
 
-const NS: u64 = 1_000_000_000;
+pub(super) const NS: u64 = 1_000_000_000;
 
 /// Now on the data path's clock (`bpf_ktime_get_coarse_ns` is CLOCK_MONOTONIC_COARSE).
 pub fn now_ns() -> u64 {
@@ -40,7 +40,7 @@ pub fn state_name(state: u8) -> &'static str {
 
 /// Seconds left before the entry expires, or None if it already has (or names a real that is
 /// gone: the data path would re-schedule it).
-fn remaining(maps: &Maps, c: &Conn, now: u64) -> Option<u64> {
+pub(super) fn remaining(maps: &Maps, c: &Conn, now: u64) -> Option<u64> {
     let real = maps.reals.get(&c.real_id, 0).ok()?;
     if real.flags & REAL_F_IN_USE == 0 || real.generation != c.real_gen {
         return None;

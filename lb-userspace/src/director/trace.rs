@@ -4,7 +4,7 @@
 //! tcpdump cannot see what XDP does.
 
 use super::{
-    conntrack::{now_ns, state_name},
+    conntrack::{NS, now_ns, remaining, state_name},
     maps::{Maps, MapsError},
     scheduler::Scheduler,
     table::{Protocol, addr},
@@ -15,8 +15,6 @@ use lb_common::{
 };
 use serde::Serialize;
 use std::{fmt::Write as _, net::Ipv4Addr};
-
-const NS: u64 = 1_000_000_000;
 
 /// The flow asked about; without a client port, every connection of the client to the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,21 +120,19 @@ pub fn trace(maps: &Maps, q: &Query) -> Result<Trace, MapsError> {
         _pad: [0; 3],
     };
     let now = now_ns();
-    let real_of = |c: &Conn| -> Option<Ipv4Addr> {
-        let r = maps.reals.get(&c.real_id, 0).ok()?;
-        (r.flags & REAL_F_IN_USE != 0 && r.generation == c.real_gen).then_some(addr(r.addr))
-    };
     let mut connections = Vec::new();
     let mut add = |k: &ConnKey, c: &Conn, table: &'static str| {
-        let age = now.saturating_sub(c.last_seen_ns) / NS;
-        let left = lb_common::conn_timeout_secs(c.state).checked_sub(age);
-        if let (Some(left), Some(real)) = (left.filter(|&l| l > 0), real_of(c)) {
+        // Live, on a real still in place: what the data path would forward it by.
+        let Some(left) = remaining(maps, c, now) else {
+            return;
+        };
+        if let Ok(r) = maps.reals.get(&c.real_id, 0) {
             connections.push(TracedConn {
                 client_port: u16::from_be(k.sport),
                 table,
                 state: state_name(c.state),
                 expires_secs: left,
-                real,
+                real: addr(r.addr),
             });
         }
     };

@@ -19,6 +19,7 @@ pub const MAP_FLOOD: &str = "LB_FLOOD";
 pub const MAP_ALLOW: &str = "LB_ALLOW";
 pub const MAP_SVC_STATS: &str = "LB_SVC_STATS";
 pub const MAP_REAL_STATS: &str = "LB_REAL_STATS";
+pub const MAP_REAL_CONNS: &str = "LB_REAL_CONNS";
 pub const MAP_REASONS: &str = "LB_REASONS";
 pub const MAP_CONFIG: &str = "LB_CONFIG";
 pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
@@ -38,7 +39,8 @@ pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 /// 1: the maps before this record existed (no `LB_META`). 2: `LB_META`, `LB_SYNC`, `LB_PEERS`,
 /// `Config::flags`, [`REAL_F_LOCAL`], [`REASON_SLOTS`] counters. 3: `LB_CONNS_NEW` (unconfirmed
 /// connections), `LB_LIMITS`, `LB_FLOOD`, `LB_ALLOW`; the connection tables sized at attach.
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: `LB_REAL_CONNS` (connections per real, thresholds), the least-connection schedulers.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Program names as they appear in the eBPF objects.
 pub const PROG_LB: &str = "lb_xdp";
@@ -118,6 +120,16 @@ pub struct ServiceKey {
 pub const SCHED_RR: u8 = 0;
 pub const SCHED_WRR: u8 = 1;
 pub const SCHED_MH: u8 = 2;
+/// The least-connection family (IPVS's definitions): the table lists the candidate reals and
+/// the data path picks by their live counts ([`RealConns`]).
+pub const SCHED_LC: u8 = 3;
+pub const SCHED_WLC: u8 = 4;
+pub const SCHED_SED: u8 = 5;
+pub const SCHED_NQ: u8 = 6;
+
+/// Some real of the service has an upper connection threshold: rr, wrr and mh step past
+/// overloaded reals (the least-connection schedulers always look).
+pub const SVC_F_THRESHOLDS: u8 = 1;
 
 /// Value of the services map.
 ///
@@ -211,6 +223,66 @@ pub struct Conn {
     pub _pad: [u8; 2],
     /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, tick resolution) of the last packet.
     pub last_seen_ns: u64,
+}
+
+/// Connections of one real slot as the data path counts them (`LB_REAL_CONNS`), with the real's
+/// connection thresholds. IPVS's accounting: an ESTABLISHED connection is active, one in any
+/// other state (SYN_RECV, FIN_WAIT, CLOSE, UDP) inactive. The data path adds and moves counts
+/// atomically as entries are made, change state and are found dead; what it cannot see
+/// (entries evicted or expired unseen) the daemon corrects from the tables themselves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RealConns {
+    /// Counts are adjusted by atomic adds from every CPU (64-bit: the BPF target has no 32-bit
+    /// atomics): read them as `i64` and clamp at 0 (a decrement may land before the increment it
+    /// undoes is corrected).
+    pub active: u64,
+    pub inactive: u64,
+    /// `-x`: at this many connections (active + inactive) the real is overloaded; 0 = none.
+    pub u_threshold: u32,
+    /// `-y`: below this many it takes new connections again; 0 = three quarters of the upper.
+    pub l_threshold: u32,
+    /// Overloaded now (written by the data path when it schedules).
+    pub overloaded: u32,
+    pub _pad: u32,
+}
+
+impl RealConns {
+    /// Active and inactive connections, clamped at 0.
+    pub const fn counts(&self) -> (u32, u32) {
+        (clamp_count(self.active), clamp_count(self.inactive))
+    }
+}
+
+const fn clamp_count(v: u64) -> u32 {
+    let v = v as i64;
+    if v <= 0 {
+        0
+    } else if v > u32::MAX as i64 {
+        u32::MAX
+    } else {
+        v as u32
+    }
+}
+
+/// Whether a real is overloaded after looking at it with `total` connections: IPVS's hysteresis
+/// (`ip_vs_bind_dest`/`ip_vs_unbind_dest`): over from the upper threshold on, and back only
+/// below the lower one, or below three quarters of the upper when the lower is 0.
+pub const fn overloaded(was: bool, total: u32, upper: u32, lower: u32) -> bool {
+    if upper == 0 {
+        return false;
+    }
+    if total >= upper {
+        return true;
+    }
+    if !was {
+        return false;
+    }
+    if lower != 0 {
+        total >= lower
+    } else {
+        (total as u64) * 4 >= (upper as u64) * 3
+    }
 }
 
 /// Size of the table of unconfirmed connections for an established table of `conns` entries:
@@ -564,6 +636,7 @@ mod user {
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for Real {}
+    unsafe impl aya::Pod for RealConns {}
     unsafe impl aya::Pod for SchedTable {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for Conn {}

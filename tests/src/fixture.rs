@@ -105,9 +105,14 @@ pub fn fixture_netns() -> Result<(Netns, u32, [u8; 6])> {
 
 impl Fixture {
     pub fn new() -> Result<Fixture> {
+        Fixture::with_conns(1 << 16)
+    }
+
+    /// A fixture whose table of established connections has `conns` entries.
+    pub fn with_conns(conns: u32) -> Result<Fixture> {
         let (ns, ifindex, mac) = fixture_netns()?;
         let pins = PinDir::new("fx");
-        let sizes = datapath::TableSizes::for_conns(1 << 16)?;
+        let sizes = datapath::TableSizes::for_conns(conns)?;
         let mut bpf = datapath::load(&pins.0, datapath::LogLevel::Debug, sizes)
             .context("loading the director object")?;
         let prog: &mut Xdp = bpf
@@ -154,6 +159,42 @@ impl Fixture {
             .context("lb_xdp missing")?
             .try_into()?;
         run_xdp_on(&self.ns, prog, self.ifindex, cpu, frame)
+    }
+
+    /// Runs the director on each frame in turn, on CPU 0, from one thread (a thread per frame
+    /// would be most of the time of a long run).
+    pub fn run_all(&self, frames: &[Vec<u8>]) -> Result<Vec<Outcome>> {
+        let prog: &Xdp = self
+            .bpf
+            .program(lb_common::PROG_LB)
+            .context("lb_xdp missing")?
+            .try_into()?;
+        let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
+        let frames = frames.to_vec();
+        let ifindex = self.ifindex;
+        self.ns.run(move || -> Result<Vec<Outcome>> {
+            pin_cpu(0)?;
+            let mut outs = Vec::with_capacity(frames.len());
+            for frame in &frames {
+                let mut out = vec![0u8; frame.len() + 512];
+                let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+                let mut ctx_out = [0u8; 24];
+                let r = test_run_fd(
+                    &fd,
+                    frame,
+                    &mut out,
+                    bytemuck::cast_slice(&md),
+                    &mut ctx_out,
+                    1,
+                )?;
+                out.truncate(r.size_out as usize);
+                outs.push(Outcome {
+                    action: r.action,
+                    data: out,
+                });
+            }
+            Ok(outs)
+        })
     }
 
     pub fn pin_dir(&self) -> &Path {

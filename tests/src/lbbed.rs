@@ -27,10 +27,7 @@ pub fn service(
         reals: weights
             .iter()
             .enumerate()
-            .map(|(i, &weight)| RealServer {
-                addr: bed.real_addr(i + 1),
-                weight,
-            })
+            .map(|(i, &weight)| RealServer::new(bed.real_addr(i + 1), weight))
             .collect(),
     }
 }

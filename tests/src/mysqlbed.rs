@@ -638,7 +638,7 @@ impl MysqlBed {
         }
         let mut cfg = format!(
             "iface = \"eth0\"\npin_dir = \"{}\"\nstatus_file = \"{}\"\n\
-             [[service]]\nvip = \"{}\"\nport = {PORT}\nscheduler = \"wrr\"\non_failure = \"quiesce\"\n\
+             [[service]]\nvip = \"{}\"\nport = {PORT}\nscheduler = \"wlc\"\non_failure = \"quiesce\"\n\
              [service.check]\ntype = \"mysql\"\nvia = \"tunnel\"\nuser = \"{MONITOR_USER}\"\n\
              password = \"{MONITOR_PASSWORD}\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\n\
              fall = {}\nrise = {}\njitter = \"{}ms\"\n",

@@ -24,10 +24,7 @@ fn svc(reals: &[Ipv4Addr]) -> VirtualService {
         },
         sched: Scheduler::Rr,
         persistence: 0,
-        reals: reals
-            .iter()
-            .map(|&addr| RealServer { addr, weight: 1 })
-            .collect(),
+        reals: reals.iter().map(|&addr| RealServer::new(addr, 1)).collect(),
     }
 }
 

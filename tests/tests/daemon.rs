@@ -864,9 +864,18 @@ fn check_config_names_line_column_and_field() {
         err.contains("lbadm.toml:8:11: service[0].real[1].address: duplicate real 198.18.0.11"),
         "{err}"
     );
-    let (code, err) = run(&good.replace("port = 6033", "port = 6033\nscheduler = \"wlc\""));
+    let (code, err) = run(&good.replace("port = 6033", "port = 6033\nscheduler = \"lblc\""));
     assert_eq!(code, Some(1));
-    assert!(err.contains("wlc"), "{err}");
+    assert!(err.contains("lblc"), "{err}");
+    let (code, err) = run(&good.replace(
+        "address = \"198.18.0.11\"",
+        "address = \"198.18.0.11\"\nmax_conns = 5\nmin_conns = 6",
+    ));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("service[0].real[0].min_conns: 6 is above max_conns (5)"),
+        "{err}"
+    );
     // A file without services would empty the maps: refused unless it says so.
     let (code, err) = run("iface = \"eth0\"\n");
     assert_eq!(code, Some(1));

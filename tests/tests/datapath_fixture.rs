@@ -19,7 +19,7 @@ fn svc(sched: Scheduler, reals: &[(Ipv4Addr, u32)]) -> VirtualService {
         persistence: 0,
         reals: reals
             .iter()
-            .map(|&(addr, weight)| RealServer { addr, weight })
+            .map(|&(addr, weight)| RealServer::new(addr, weight))
             .collect(),
     }
 }

@@ -112,7 +112,7 @@ fn restore_is_all_or_nothing() {
             "line 1: No such destination\n",
         ),
         (
-            "-A -t 198.18.0.104:80 -s wlc\n",
+            "-A -t 198.18.0.104:80 -s lblc\n",
             255,
             "line 1: Scheduler or persistence engine not found\n",
         ),
@@ -326,8 +326,8 @@ fn concurrent_lbadm_processes_never_corrupt_the_tables() {
     }
     assert_eq!(
         ok(&p, &["-S", "-n"], ""),
-        "-A -t 198.18.0.100:6033 -s wrr\n-a -t 198.18.0.100:6033 -r 198.18.1.5:6033 -i -w 1 --tun-type ipip\n\
-         -A -t 198.18.0.101:6033 -s wrr\n-a -t 198.18.0.101:6033 -r 198.18.1.5:6033 -i -w 1 --tun-type ipip\n"
+        "-A -t 198.18.0.100:6033 -s wlc\n-a -t 198.18.0.100:6033 -r 198.18.1.5:6033 -i -w 1 --tun-type ipip\n\
+         -A -t 198.18.0.101:6033 -s wlc\n-a -t 198.18.0.101:6033 -r 198.18.1.5:6033 -i -w 1 --tun-type ipip\n"
     );
 }
 

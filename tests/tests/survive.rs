@@ -174,6 +174,7 @@ fn upgrade_from_layout_1_adds_maps_and_keeps_counters() {
         lb_common::MAP_LIMITS,
         lb_common::MAP_FLOOD,
         lb_common::MAP_ALLOW,
+        lb_common::MAP_REAL_CONNS,
     ] {
         std::fs::remove_file(pins.join(name)).unwrap();
     }
@@ -205,10 +206,12 @@ fn upgrade_from_layout_1_adds_maps_and_keeps_counters() {
     assert!(o.status.success(), "{err}");
     assert!(out.contains("grown and copied: LB_REASONS"), "{out}");
     assert!(
-        out.contains("new: LB_ALLOW, LB_CONNS_NEW, LB_FLOOD, LB_LIMITS, LB_META, LB_SYNC"),
+        out.contains(
+            "new: LB_ALLOW, LB_CONNS_NEW, LB_FLOOD, LB_LIMITS, LB_META, LB_REAL_CONNS, LB_SYNC"
+        ),
         "{out}"
     );
-    assert!(out.contains("(layout 1 -> 3)"), "{out}");
+    assert!(out.contains("(layout 1 -> 4)"), "{out}");
     let maps = lb_userspace::director::Maps::open(&pins).unwrap();
     // The new limits map starts with the default flood threshold, not with flood mode off.
     assert_eq!(
@@ -227,6 +230,15 @@ fn upgrade_from_layout_1_adds_maps_and_keeps_counters() {
         assert!(a >= b, "{}: {b} -> {a}", r.name());
     }
     assert_eq!(maps.conns.keys().count(), conns_before);
+    // The connections carried over are counted per real at once (no daemon runs here): the
+    // least-connection schedulers see them, and their ends do not count below zero.
+    let counted: u32 = maps
+        .all_real_conns()
+        .unwrap()
+        .iter()
+        .map(|c| c.counts().0)
+        .sum();
+    assert_eq!(counted, 10);
     held.check("after the upgrade");
 }
 

@@ -10,7 +10,8 @@ PATH="$(dirname "$1"):$PATH"
 LBADM=lbadm
 IPVSADM=ipvsadm
 command -v ipvsadm >/dev/null || { echo "side-by-side: ERROR: ipvsadm is not installed"; exit 1; }
-modprobe ip_vs && modprobe ip_vs_rr && modprobe ip_vs_wrr || { echo "side-by-side: ERROR: no IPVS modules"; exit 1; }
+modprobe ip_vs && modprobe ip_vs_rr && modprobe ip_vs_wrr && modprobe ip_vs_lc && modprobe ip_vs_wlc \
+  && modprobe ip_vs_sed && modprobe ip_vs_nq || { echo "side-by-side: ERROR: no IPVS modules"; exit 1; }
 export LBADM_PIN_DIR=/sys/fs/bpf/lbadm-side-by-side
 "$LBADM" attach --iface lo --generic >/dev/null || { echo "side-by-side: ERROR: lbadm attach failed"; exit 1; }
 trap '"$LBADM" detach >/dev/null 2>&1; "$IPVSADM" -C' EXIT
@@ -81,6 +82,29 @@ same -L -c -t 10.0.0.100:6033
 same -L -c --stats
 same -Z -t 10.0.0.200:80
 same -D -t 10.0.0.100:6033
+# the least-connection schedulers, the default one, and thresholds
+same -A -t 10.0.0.110:6033
+same -A -t 10.0.0.111:6033 -s lc
+same -A -t 10.0.0.112:6033 -s sed
+same -A -t 10.0.0.113:6033 -s nq
+same -A -t 10.0.0.114:6033 -s lblc
+same -a -t 10.0.0.110:6033 -r 10.0.1.50 -i -w 2 -x 100 -y 50
+same -a -t 10.0.0.110:6033 -r 10.0.1.51 -i -x 10
+same -a -t 10.0.0.110:6033 -r 10.0.1.52 -i -x 10 -y 20
+same -a -t 10.0.0.110:6033 -r 10.0.1.52 -i -y 5
+same -a -t 10.0.0.110:6033 -r 10.0.1.52 -i -x -1
+same -a -t 10.0.0.110:6033 -r 10.0.1.52 -i -y abc
+same -a -t 10.0.0.111:6033 -r 10.0.1.53 -i -w 3
+same -e -t 10.0.0.110:6033 -r 10.0.1.51 -i -x 20 -y 20
+same -e -t 10.0.0.110:6033 -r 10.0.1.50 -i -x 1 -y 2
+same -L -n --thresholds
+same -L -n --thresholds -t 10.0.0.110:6033
+same -L -n
+same -S -n
+same -e -t 10.0.0.110:6033 -r 10.0.1.51 -i
+same -L -n --thresholds
+same -E -t 10.0.0.111:6033 -s wlc
+same -L -n -t 10.0.0.111:6033
 # restore of the same file into empty tables
 "$IPVSADM" -S -n >/tmp/sbs.saved
 : >/tmp/sbs.stdin

@@ -26,7 +26,9 @@
 //! vip = "198.18.0.100"      # required, IPv4
 //! port = 6033               # required (0 only with persistence)
 //! protocol = "tcp"          # "tcp" (default) or "udp"
-//! scheduler = "wrr"         # "rr", "wrr" (default) or "mh"
+//! scheduler = "wlc"         # "wlc" (default), "lc", "sed", "nq", "rr", "wrr" or "mh"
+//! slow_start = "30s"        # a real that comes back UP, or is added, ramps its weight from
+//!                           # 1/n to its own over this long (default 0: at once)
 //! persistence = 0           # seconds, 0 = none (default)
 //! on_failure = "quiesce"    # "quiesce" (default): weight 0 while DOWN, existing connections
 //!                           # continue (keepalived's inhibit_on_failure); "remove": the real is
@@ -52,6 +54,9 @@
 //! [[service.real]]
 //! address = "198.18.0.11"   # required, IPv4
 //! weight = 1                # 0..=2147483647 (default 1)
+//! max_conns = 0             # ipvsadm -x: no new connection at this many (active + inactive);
+//!                           # 0 = no limit (default)
+//! min_conns = 0             # ipvsadm -y: new ones again below this many; 0 = 3/4 of max_conns
 //! [service.real.check]      # optional: overrides single keys of [service.check]
 //!
 //! [sync]                    # optional: connection sync with other directors, see
@@ -158,6 +163,9 @@ pub type Argv = Vec<String>;
 pub struct RealConfig {
     pub addr: Ipv4Addr,
     pub weight: u32,
+    /// Connection thresholds (ipvsadm's `-x` / `-y`).
+    pub max_conns: u32,
+    pub min_conns: u32,
     pub check: CheckConfig,
     pub notify_up: Option<Argv>,
     pub notify_down: Option<Argv>,
@@ -167,6 +175,8 @@ pub struct RealConfig {
 pub struct ServiceConfig {
     pub id: ServiceId,
     pub sched: Scheduler,
+    /// A real that comes back UP, or is added, reaches its weight over this long.
+    pub slow_start: Duration,
     pub persistence: u32,
     pub on_failure: OnFailure,
     pub reals: Vec<RealConfig>,
@@ -287,6 +297,7 @@ struct RawService {
     protocol: RawProtocol,
     #[serde(default)]
     scheduler: Option<Scheduler>,
+    slow_start: Option<Dur>,
     #[serde(default)]
     persistence: u32,
     #[serde(default)]
@@ -336,6 +347,8 @@ struct RawCheck {
 struct RawReal {
     address: Spanned<Ipv4Addr>,
     weight: Option<Spanned<i64>>,
+    max_conns: Option<Spanned<i64>>,
+    min_conns: Option<Spanned<i64>>,
     check: Option<RawCheck>,
     notify_up: Option<Spanned<Argv>>,
     notify_down: Option<Spanned<Argv>>,
@@ -497,20 +510,33 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
                     format!("duplicate real {addr} in service {id}"),
                 ));
             }
-            let weight = match &r.weight {
-                None => 1,
+            let bounded = |v: &Option<Spanned<i64>>, key: &str, default: u32| match v {
+                None => Ok(default),
                 Some(w) => {
                     let v = *w.get_ref();
-                    if !(0..=MAX_WEIGHT).contains(&v) {
-                        return Err(err(
+                    if (0..=MAX_WEIGHT).contains(&v) {
+                        Ok(v as u32)
+                    } else {
+                        Err(err(
                             Some(w.span()),
-                            &format!("{rfield}.weight"),
+                            &format!("{rfield}.{key}"),
                             format!("{v} is out of range 0..={MAX_WEIGHT}"),
-                        ));
+                        ))
                     }
-                    v as u32
                 }
             };
+            let weight = bounded(&r.weight, "weight", 1)?;
+            let max_conns = bounded(&r.max_conns, "max_conns", 0)?;
+            let min_conns = bounded(&r.min_conns, "min_conns", 0)?;
+            if min_conns > max_conns {
+                return Err(err(
+                    r.min_conns.as_ref().map(|m| m.span()),
+                    &format!("{rfield}.min_conns"),
+                    format!(
+                        "{min_conns} is above max_conns ({max_conns}): new connections resume below min_conns, so it needs a max_conns at least as high"
+                    ),
+                ));
+            }
             let check = merge_check(&s.check, r.check.as_ref(), s.port, &rfield, &err)?;
             let notify_up = argv(
                 r.notify_up.as_ref().or(s.notify_up.as_ref()),
@@ -527,6 +553,8 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
             reals.push(RealConfig {
                 addr,
                 weight,
+                max_conns,
+                min_conns,
                 check,
                 notify_up,
                 notify_down,
@@ -546,6 +574,7 @@ pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
         services.push(ServiceConfig {
             id,
             sched: s.scheduler.unwrap_or(Scheduler::DEFAULT),
+            slow_start: s.slow_start.map(|d| d.0).unwrap_or_default(),
             persistence: s.persistence,
             on_failure: s.on_failure.unwrap_or(OnFailure::Quiesce),
             reals,
@@ -739,7 +768,9 @@ type = "tcp"
         let c = p(GOOD).unwrap();
         let s = &c.services[0];
         assert_eq!(s.on_failure, OnFailure::Remove);
-        assert_eq!(s.sched, Scheduler::Wrr);
+        assert_eq!(s.sched, Scheduler::Wlc);
+        assert_eq!(s.slow_start, Duration::ZERO);
+        assert_eq!((s.reals[0].max_conns, s.reals[0].min_conns), (0, 0));
         assert_eq!(s.reals[0].check.kind, CheckKind::Mysql);
         assert_eq!(s.reals[1].check.kind, CheckKind::Tcp);
         assert_eq!(s.reals[1].check.interval, Duration::from_millis(200));
@@ -839,8 +870,24 @@ type = "tcp"
         assert!(e.field.ends_with("check.fall"), "{e}");
         let e = p(&GOOD.replace("timeout = \"150ms\"", "timeout = \"200ms\"")).unwrap_err();
         assert!(e.field.ends_with("check.timeout"), "{e}");
-        let e = p(&GOOD.replace("port = 6033", "port = 6033\nscheduler = \"wlc\"")).unwrap_err();
-        assert!(e.reason.contains("wlc"), "{e}");
+        let e = p(&GOOD.replace("port = 6033", "port = 6033\nscheduler = \"lblc\"")).unwrap_err();
+        assert!(e.reason.contains("lblc"), "{e}");
+        let limits = "weight = 3\nmax_conns = 100\nmin_conns = 80";
+        let c = p(&GOOD.replace("weight = 3", limits)).unwrap();
+        assert_eq!(
+            (
+                c.services[0].reals[0].max_conns,
+                c.services[0].reals[0].min_conns
+            ),
+            (100, 80)
+        );
+        let e = p(&GOOD.replace("weight = 3", "weight = 3\nmin_conns = 5")).unwrap_err();
+        assert_eq!(e.field, "service[0].real[0].min_conns", "{e}");
+        assert!(e.reason.contains("max_conns (0)"), "{e}");
+        let e = p(&GOOD.replace("weight = 3", "weight = 3\nmax_conns = -1")).unwrap_err();
+        assert_eq!(e.field, "service[0].real[0].max_conns", "{e}");
+        let c = p(&GOOD.replace("port = 6033", "port = 6033\nslow_start = \"30s\"")).unwrap();
+        assert_eq!(c.services[0].slow_start, Duration::from_secs(30));
         let two = format!("{GOOD}\n[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n");
         assert!(p(&two).unwrap_err().reason.contains("duplicate service"));
         let e =

@@ -38,6 +38,7 @@ use metrics::HealthSnapshot;
 use probe::Probes;
 use reconcile::{
     alive_weight, desired_reals, effective_quorum, in_map_order, inherited_health, next_quorum,
+    ramped, with_limits,
 };
 use status::{RealStatus, ServiceStatus, Status, unix};
 use std::{
@@ -101,7 +102,14 @@ struct Daemon {
     services_map: Option<u32>,
     /// The data path was seen detached (logged once).
     detached: bool,
+    /// Reals slow-starting (came UP, or were added), since when.
+    ramps: HashMap<Key, std::time::Instant>,
+    /// When each real last went DOWN (data path clock), for the recount.
+    down_since: DownSince,
 }
+
+/// When each real last went DOWN, on the data path's clock ([`conntrack::now_ns`]).
+type DownSince = Arc<std::sync::Mutex<HashMap<Key, u64>>>;
 
 /// The id of the services map pinned under `pin_dir`, if one is.
 fn services_map_id(pin_dir: &std::path::Path) -> Option<u32> {
@@ -199,6 +207,8 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
         flooding: 0,
         services_map,
         detached: false,
+        ramps: HashMap::new(),
+        down_since: DownSince::default(),
     };
     d.apply_config(cfg.clone(), true)
         .context("applying the configuration")?;
@@ -220,6 +230,7 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
             d.sync.clone(),
         ));
     }
+    spawn_recount(d.pin_dir.clone(), d.down_since.clone());
     info!(config = %d.path.display(), services = d.cfg.services.len(), reals = d.reals.len(), "running");
     if let Some(a) = &cfg.announce {
         d.announcer = Some(announce::Announcer::new(a.clone())?);
@@ -229,7 +240,13 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
         let verify = tokio::select! {
             Some(ev) = rx.recv() => { d.on_event(ev); false }
             _ = hup.recv() => { d.reload(); false }
-            _ = tick.tick() => { d.watch_datapath(); d.watch_flood(); d.write_status(); true }
+            _ = tick.tick() => {
+                d.watch_datapath();
+                d.watch_flood();
+                d.step_ramps();
+                d.write_status();
+                true
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
@@ -298,6 +315,46 @@ impl Daemon {
                 self.services_map = Some(id);
             }
             _ => {}
+        }
+    }
+
+    /// How long ago a slow-starting real began its ramp.
+    fn ramp_elapsed(&self, svc: ServiceId, addr: Ipv4Addr) -> Option<Duration> {
+        self.ramps.get(&(svc, addr)).map(|t| t.elapsed())
+    }
+
+    /// Moves the weights of slow-starting reals on (once a second), and ends the ramps that
+    /// are done, with a last write of the configured weights.
+    fn step_ramps(&mut self) {
+        if self.ramps.is_empty() {
+            return;
+        }
+        let services: Vec<ServiceConfig> = self
+            .cfg
+            .services
+            .iter()
+            .filter(|s| self.ramps.keys().any(|(id, _)| *id == s.id))
+            .cloned()
+            .collect();
+        let done: Vec<Key> = self
+            .ramps
+            .iter()
+            .filter(|((id, _), t)| {
+                services
+                    .iter()
+                    .find(|s| s.id == *id)
+                    .is_none_or(|s| t.elapsed() >= s.slow_start)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &done {
+            self.ramps.remove(k);
+            info!(service = %k.0, real = %k.1, "slow start done: full weight");
+        }
+        for s in &services {
+            if let Err(e) = self.sync_service(s) {
+                warn!(service = %s.id, "slow start: updating the weights: {e:#}");
+            }
         }
     }
 
@@ -401,6 +458,13 @@ impl Daemon {
                     if h == Health::Down {
                         info!(service = %s.id, real = %r.addr, "starts DOWN (inherited from the maps)");
                     }
+                    // Added to a service that already carries connections: it slow-starts.
+                    let added = current
+                        .get(&s.id)
+                        .is_some_and(|c| !c.reals.iter().any(|x| x.addr == r.addr));
+                    if h == Health::Up && added && !s.slow_start.is_zero() {
+                        self.ramps.insert(key, std::time::Instant::now());
+                    }
                     health.insert(key, (Tracker::new(h), SystemTime::now()));
                 }
                 let alive = alive_weight(s, |a| health[&(s.id, a)].0.health);
@@ -420,9 +484,16 @@ impl Daemon {
                     id: s.id,
                     sched: s.sched,
                     persistence: s.persistence,
-                    reals: in_map_order(
-                        current.get(&s.id),
-                        desired_reals(s, |a| health[&(s.id, a)].0.health, quorum[&s.id]),
+                    reals: with_limits(
+                        s,
+                        in_map_order(
+                            current.get(&s.id),
+                            ramped(
+                                s,
+                                desired_reals(s, |a| health[&(s.id, a)].0.health, quorum[&s.id]),
+                                |a| self.ramp_elapsed(s.id, a),
+                            ),
+                        ),
                     ),
                 })
                 .collect();
@@ -519,6 +590,22 @@ impl Daemon {
         e.since = SystemTime::now();
         let (weight, on_failure) = (e.weight, e.on_failure);
         let (svc, addr) = ev.key;
+        let slow = self
+            .cfg
+            .services
+            .iter()
+            .find(|s| s.id == svc)
+            .map_or(Duration::ZERO, |s| s.slow_start);
+        if h == Health::Up && !slow.is_zero() {
+            self.ramps.insert(ev.key, std::time::Instant::now());
+        } else {
+            self.ramps.remove(&ev.key);
+        }
+        if h == Health::Down
+            && let Ok(mut m) = self.down_since.lock()
+        {
+            m.insert(ev.key, conntrack::now_ns());
+        }
         let action = match (h, on_failure) {
             (Health::Down, OnFailure::Quiesce) => "quiesced (weight 0)".to_string(),
             (Health::Down, OnFailure::Remove) => "removed from the service".to_string(),
@@ -644,7 +731,9 @@ impl Daemon {
     /// health and its quorum ask for.
     fn sync_service(&mut self, s: &ServiceConfig) -> anyhow::Result<()> {
         let held = self.quorum.get(&s.id).copied().unwrap_or(true);
-        let want = desired_reals(s, |a| self.health(s.id, a), held);
+        let want = ramped(s, desired_reals(s, |a| self.health(s.id, a), held), |a| {
+            self.ramp_elapsed(s.id, a)
+        });
         tokio::task::block_in_place(|| {
             let _lock = self.maps.lock()?;
             let mut table: Vec<VirtualService> =
@@ -653,7 +742,7 @@ impl Daemon {
                 warn!(service = %s.id, "the service is not in the maps (changed outside the daemon?): nothing to do");
                 return Ok(());
             };
-            let reals = in_map_order(Some(cur), want);
+            let reals = with_limits(s, in_map_order(Some(cur), want));
             if cur.reals == reals {
                 return Ok(());
             }
@@ -692,6 +781,9 @@ impl Daemon {
                             last_ok: e.last.as_ref().map(|l| l.0),
                             last_result: e.last.as_ref().map(|l| l.1.clone()),
                             latency_ms: e.last.as_ref().and_then(|l| l.2),
+                            slow_start: self
+                                .ramp_elapsed(s.id, r.addr)
+                                .map(|t| (t.as_secs_f64(), s.slow_start.as_secs_f64())),
                         })
                     })
                     .collect(),
@@ -760,6 +852,73 @@ fn spawn_checker(
 }
 
 /// A random duration in `0..=d`: jitter only.
+/// Seconds between two recounts at least; a recount of a large table waits twenty times as
+/// long as it took, so the daemon spends at most 5 % of a CPU on it.
+const RECOUNT_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps the data path's connection counts per real true to its tables (see
+/// [`conntrack::recount`]; connections idle since their real last went DOWN count as
+/// inactive), on a thread of its own: reading a table of a million connections
+/// takes a while, and health checks must not wait for it. The maps are opened anew each time,
+/// so a data path attached anew is followed.
+fn spawn_recount(pin_dir: PathBuf, down_since: DownSince) {
+    // By real slot: the recount reads slots, the daemon knows reals.
+    let by_slot = move |maps: &Maps| -> anyhow::Result<HashMap<u32, u64>> {
+        let down = down_since.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut out = HashMap::new();
+        if down.is_empty() {
+            return Ok(out);
+        }
+        for s in maps.read()? {
+            for (r, &slot) in s.spec.reals.iter().zip(&s.real_slots) {
+                if let Some(&t) = down.get(&(s.spec.id, r.addr)) {
+                    out.insert(slot, t);
+                }
+            }
+        }
+        Ok(out)
+    };
+    let run = move || {
+        let mut pause = RECOUNT_EVERY;
+        let mut failing = false;
+        loop {
+            std::thread::sleep(pause);
+            let started = std::time::Instant::now();
+            let result = Maps::open(&pin_dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|mut m| {
+                    let down = by_slot(&m)?;
+                    Ok(conntrack::recount(&mut m, &down)?)
+                });
+            match result {
+                Ok(r) => {
+                    failing = false;
+                    if r.drift > 0 {
+                        tracing::debug!(
+                            reals = r.corrected,
+                            drift = r.drift,
+                            connections = r.connections,
+                            "connection counts corrected from the tables"
+                        );
+                    }
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    warn!("recounting connections per real: {e:#}");
+                }
+                Err(_) => {}
+            }
+            pause = RECOUNT_EVERY.max(started.elapsed() * 20);
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("recount".into())
+        .spawn(run)
+    {
+        warn!("connection counts will not be recounted: {e}");
+    }
+}
+
 fn upto(d: Duration) -> Duration {
     Duration::from_nanos(rand::random_range(0..=d.as_nanos() as u64))
 }

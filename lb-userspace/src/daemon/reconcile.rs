@@ -85,6 +85,51 @@ pub fn desired_reals(
     out
 }
 
+/// While a real of a service ramps up (slow start), every weight of the service in the maps is
+/// its configured weight times this, so that a ramp has steps even from weight 1 (the ratios
+/// between the others, all the schedulers look at, stay as they were).
+pub const RAMP_SCALE: u32 = 100;
+
+/// The weights while some reals slow-start: `elapsed(addr)` is how long ago a real came UP or
+/// was added, if it is ramping. A ramping real's weight grows in proportion to the time, from a
+/// hundredth of its weight (at least 1) to all of it at `slow_start` (HAProxy's `slowstart`,
+/// NGINX's `slow_start`).
+pub fn ramped(
+    s: &ServiceConfig,
+    want: Vec<(Ipv4Addr, u32)>,
+    elapsed: impl Fn(Ipv4Addr) -> Option<std::time::Duration>,
+) -> Vec<(Ipv4Addr, u32)> {
+    let total = s.slow_start;
+    let ramping = |a| elapsed(a).filter(|&e| e < total);
+    if total.is_zero() || !want.iter().any(|&(a, w)| w > 0 && ramping(a).is_some()) {
+        return want;
+    }
+    want.into_iter()
+        .map(|(a, w)| {
+            let full = (w as u64 * RAMP_SCALE as u64).min(i32::MAX as u64);
+            let now = match ramping(a) {
+                Some(e) if w > 0 => {
+                    let part = full as u128 * e.as_millis() / total.as_millis().max(1);
+                    (part as u64).clamp(1, full)
+                }
+                _ => full,
+            };
+            (a, now as u32)
+        })
+        .collect()
+}
+
+/// The reals of a service with the thresholds its configuration gives them.
+pub fn with_limits(s: &ServiceConfig, mut reals: Vec<RealServer>) -> Vec<RealServer> {
+    for r in &mut reals {
+        if let Some(c) = s.reals.iter().find(|c| c.addr == r.addr) {
+            r.u_threshold = c.max_conns;
+            r.l_threshold = c.min_conns;
+        }
+    }
+    reals
+}
+
 /// Keeps the order the maps have (so a change does not reshuffle `mh` tables or `-L`), new
 /// reals appended in file order.
 pub fn in_map_order(
@@ -97,14 +142,14 @@ pub fn in_map_order(
                 .iter()
                 .filter_map(|r| {
                     let &(addr, weight) = want.iter().find(|w| w.0 == r.addr)?;
-                    Some(RealServer { addr, weight })
+                    Some(RealServer::new(addr, weight))
                 })
                 .collect()
         })
         .unwrap_or_default();
     for (addr, weight) in want {
         if !reals.iter().any(|x| x.addr == addr) {
-            reals.push(RealServer { addr, weight });
+            reals.push(RealServer::new(addr, weight));
         }
     }
     reals
@@ -190,14 +235,51 @@ mod tests {
             id: service("").id,
             sched: crate::director::Scheduler::Mh,
             persistence: 0,
-            reals: vec![
-                RealServer { addr: B, weight: 1 },
-                RealServer { addr: A, weight: 2 },
-            ],
+            reals: vec![RealServer::new(B, 1), RealServer::new(A, 2)],
         };
         let got = in_map_order(Some(&cur), vec![(A, 5), (SORRY, 1), (B, 0)]);
         let addrs: Vec<_> = got.iter().map(|r| (r.addr, r.weight)).collect();
         assert_eq!(addrs, vec![(B, 0), (A, 5), (SORRY, 1)]);
+    }
+
+    #[test]
+    fn slow_start_ramps_a_real_and_scales_the_others() {
+        use std::time::Duration;
+        let s = service("slow_start = \"10s\"");
+        let want = vec![(A, 2), (B, 1)];
+        // Nobody ramping: the weights as configured.
+        assert_eq!(ramped(&s, want.clone(), |_| None), want);
+        let at = |secs: u64| {
+            ramped(&s, want.clone(), move |a| {
+                (a == B).then_some(Duration::from_secs(secs))
+            })
+        };
+        assert_eq!(at(0), vec![(A, 200), (B, 1)]);
+        assert_eq!(at(3), vec![(A, 200), (B, 30)]);
+        assert_eq!(at(9), vec![(A, 200), (B, 90)]);
+        // Done: back to the configured weights.
+        assert_eq!(at(10), want);
+        // A quiesced real does not ramp; without slow_start nothing does.
+        assert_eq!(
+            ramped(&s, vec![(A, 2), (B, 0)], |a| (a == B)
+                .then_some(Duration::ZERO)),
+            vec![(A, 2), (B, 0)]
+        );
+        let s = service("");
+        assert_eq!(ramped(&s, want.clone(), |_| Some(Duration::ZERO)), want);
+    }
+
+    #[test]
+    fn thresholds_come_from_the_configuration() {
+        let text = "iface = \"lo\"\n[[service]]\nvip = \"10.0.0.1\"\nport = 6033\n\
+                    [[service.real]]\naddress = \"10.0.1.1\"\nmax_conns = 300\nmin_conns = 200\n";
+        let s = config::parse(Path::new("t.toml"), text)
+            .unwrap()
+            .services
+            .remove(0);
+        let got = with_limits(&s, vec![RealServer::new(A, 1), RealServer::new(SORRY, 1)]);
+        assert_eq!((got[0].u_threshold, got[0].l_threshold), (300, 200));
+        assert_eq!((got[1].u_threshold, got[1].l_threshold), (0, 0));
     }
 
     #[test]
@@ -207,10 +289,7 @@ mod tests {
             id: s.id,
             sched: s.sched,
             persistence: 0,
-            reals: vec![
-                RealServer { addr: A, weight: 2 },
-                RealServer { addr: B, weight: 0 },
-            ],
+            reals: vec![RealServer::new(A, 2), RealServer::new(B, 0)],
         };
         assert_eq!(inherited_health(Some(&cur), &s, &s.reals[0]), Health::Up);
         assert_eq!(inherited_health(Some(&cur), &s, &s.reals[1]), Health::Down);

@@ -57,6 +57,9 @@ pub struct RealStatus {
     pub last_ok: Option<bool>,
     pub last_result: Option<String>,
     pub latency_ms: Option<f64>,
+    /// Slow start under way: seconds into the ramp, and its length.
+    #[serde(default)]
+    pub slow_start: Option<(f64, f64)>,
 }
 
 pub fn unix(t: SystemTime) -> f64 {
@@ -117,9 +120,13 @@ impl Status {
                     CheckVia::Tunnel => "tunnel",
                     CheckVia::Direct => "direct",
                 };
+                let ramp = r
+                    .slow_start
+                    .map(|(at, of)| format!(", slow start {at:.0}s of {of:.0}s"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "    -> {:<15} {health:<4} weight {:<5} {} via {via} for {:.0}s, last check: {}{latency}",
+                    "    -> {:<15} {health:<4} weight {:<5} {} via {via} for {:.0}s, last check: {}{latency}{ramp}",
                     r.address.to_string(),
                     r.weight,
                     r.check.name(),
@@ -285,6 +292,7 @@ mod tests {
                     last_ok: Some(false),
                     last_result: Some("tcp: connection refused".into()),
                     latency_ms: None,
+                    slow_start: Some((12.0, 30.0)),
                 }],
             }],
         };
@@ -297,7 +305,7 @@ mod tests {
             text,
             "health:    from /run/lbadm/status.json (daemon pid 0, NOT running, updated 10s ago)\n\
              \x20 TCP 198.18.0.100:6033 wrr on_failure=quiesce QUORUM LOST: sorry server 10.0.9.9\n\
-             \x20   -> 198.18.0.11     DOWN weight 3     mysql via tunnel for 20s, last check: tcp: connection refused\n"
+             \x20   -> 198.18.0.11     DOWN weight 3     mysql via tunnel for 20s, last check: tcp: connection refused, slow start 12s of 30s\n"
         );
     }
 }

@@ -71,16 +71,75 @@ fn live_entries(maps: &Maps) -> Result<Vec<(ConnKey, Conn, u64)>, MapsError> {
 
 /// (active, inactive) connections per real slot.
 pub fn counts_by_real(maps: &Maps) -> Result<HashMap<u32, (u32, u32)>, MapsError> {
+    counts_for_scheduling(maps, &HashMap::new())
+}
+
+/// [`counts_by_real`], except that an ESTABLISHED connection with no packet since its real's
+/// `down_since` (data path clock, per real slot) counts as inactive. A real that went DOWN
+/// because its server died leaves its established connections in the table until they time
+/// out (900 s): their clients got the server's RST directly, so the director never sees them
+/// end. Counted active, they would keep the least-connection schedulers from the real when it
+/// is back. A connection that was only idle goes back to active with its next packet.
+pub fn counts_for_scheduling(
+    maps: &Maps,
+    down_since: &HashMap<u32, u64>,
+) -> Result<HashMap<u32, (u32, u32)>, MapsError> {
     let mut m: HashMap<u32, (u32, u32)> = HashMap::new();
     for (_, c, _) in live_entries(maps)? {
         let e = m.entry(c.real_id).or_default();
-        if c.state == CONN_ESTABLISHED {
+        let stale = down_since
+            .get(&c.real_id)
+            .is_some_and(|&t| c.last_seen_ns < t);
+        if c.state == CONN_ESTABLISHED && !stale {
             e.0 += 1;
         } else {
             e.1 += 1;
         }
     }
     Ok(m)
+}
+
+/// What a recount changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recount {
+    /// Reals whose counts the data path had wrong.
+    pub corrected: u32,
+    /// Connections the data path counted that the tables no longer hold (evicted, or expired
+    /// without a packet since), plus those it missed.
+    pub drift: u64,
+    /// Live connections found.
+    pub connections: u64,
+}
+
+/// Sets every real's active/inactive counts to what the tables hold (as
+/// [`counts_for_scheduling`] counts them): the data path counts what it sees, and cannot see an
+/// LRU eviction or an entry expiring with no packet to find it dead. Connections made while the
+/// tables are read may be counted once too few until the next recount.
+pub fn recount(maps: &mut Maps, down_since: &HashMap<u32, u64>) -> Result<Recount, MapsError> {
+    let truth = counts_for_scheduling(maps, down_since)?;
+    // Under the configuration lock: a threshold written between the read and the write of a
+    // real's entry would be undone.
+    let _lock = maps.lock()?;
+    let reals = maps.all_reals()?;
+    let counted = maps.all_real_conns()?;
+    let mut r = Recount::default();
+    for (slot, (real, c)) in reals.iter().zip(&counted).enumerate() {
+        let slot = slot as u32;
+        let (active, inactive) = if real.flags & REAL_F_IN_USE != 0 {
+            truth.get(&slot).copied().unwrap_or((0, 0))
+        } else {
+            (0, 0)
+        };
+        r.connections += (active + inactive) as u64;
+        if (c.active, c.inactive) == (active as u64, inactive as u64) {
+            continue;
+        }
+        let (a, i) = c.counts();
+        r.corrected += 1;
+        r.drift += a.abs_diff(active) as u64 + i.abs_diff(inactive) as u64;
+        maps.set_real_counts(slot, active as u64, inactive as u64)?;
+    }
+    Ok(r)
 }
 
 fn ip(be: u32) -> Ipv4Addr {

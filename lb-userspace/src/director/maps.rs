@@ -13,10 +13,10 @@ use super::{
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use lb_common::{
     AllowKey, Config, Conn, ConnKey, Counters, FloodState, Limits, MAP_ALLOW, MAP_CONFIG,
-    MAP_CONNS, MAP_CONNS_NEW, MAP_CURSORS, MAP_FLOOD, MAP_LIMITS, MAP_PERSIST, MAP_REAL_STATS,
-    MAP_REALS, MAP_REASONS, MAP_SERVICES, MAP_SVC_STATS, MAP_TABLES, MAP_VIP_FILTER, MAX_REALS,
-    Persist, PersistKey, REAL_F_IN_USE, Real, Reason, SchedTable, Service, ServiceKey,
-    VIP_FILTER_WORDS,
+    MAP_CONNS, MAP_CONNS_NEW, MAP_CURSORS, MAP_FLOOD, MAP_LIMITS, MAP_PERSIST, MAP_REAL_CONNS,
+    MAP_REAL_STATS, MAP_REALS, MAP_REASONS, MAP_SERVICES, MAP_SVC_STATS, MAP_TABLES,
+    MAP_VIP_FILTER, MAX_REALS, Persist, PersistKey, REAL_F_IN_USE, Real, RealConns, Reason,
+    SchedTable, Service, ServiceKey, VIP_FILTER_WORDS,
 };
 use std::{
     collections::BTreeMap,
@@ -32,7 +32,7 @@ pub enum MapsError {
     )]
     NotAttached(PathBuf),
     #[error(
-        "the data path pinned under {0} was attached by an older lbadm (no {MAP_CONNS_NEW}): `lbadm attach --iface IF` upgrades it in place, keeping its connections"
+        "the data path pinned under {0} was attached by an older lbadm (no {MAP_REAL_CONNS}): `lbadm attach --iface IF` upgrades it in place, keeping its connections"
     )]
     OlderLayout(PathBuf),
     #[error("cannot open the pinned map {name}: {source}")]
@@ -81,6 +81,8 @@ pub struct Maps {
     pub allow: LpmTrie<MapData, AllowKey, u32>,
     pub svc_stats: PerCpuArray<MapData, Counters>,
     pub real_stats: PerCpuArray<MapData, Counters>,
+    /// Connections per real as the data path counts them, and the thresholds.
+    pub real_conns: Array<MapData, RealConns>,
     pub reasons: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, Config>,
     pub vip_filter: Array<MapData, u64>,
@@ -119,7 +121,7 @@ impl Maps {
         if !pin_dir.join(MAP_SERVICES).exists() {
             return Err(MapsError::NotAttached(pin_dir.into()));
         }
-        if !pin_dir.join(MAP_CONNS_NEW).exists() {
+        if !pin_dir.join(MAP_REAL_CONNS).exists() {
             return Err(MapsError::OlderLayout(pin_dir.into()));
         }
         Ok(Maps {
@@ -134,6 +136,7 @@ impl Maps {
             allow: typed!(pin_dir, MAP_ALLOW),
             svc_stats: typed!(pin_dir, MAP_SVC_STATS),
             real_stats: typed!(pin_dir, MAP_REAL_STATS),
+            real_conns: typed!(pin_dir, MAP_REAL_CONNS),
             reasons: typed!(pin_dir, MAP_REASONS),
             config: typed!(pin_dir, MAP_CONFIG),
             vip_filter: typed!(pin_dir, MAP_VIP_FILTER),
@@ -189,14 +192,17 @@ impl Maps {
                 },
             );
         }
+        let conns = self.all_real_conns()?;
         for (slot, r) in reals.iter().enumerate() {
             if r.flags & REAL_F_IN_USE == 0 {
                 continue;
             }
             if let Some(s) = by_slot.get_mut(&r.service_id) {
+                let c = conns.get(slot).copied().unwrap_or_default();
                 s.spec.reals.push(RealServer {
-                    addr: addr(r.addr),
-                    weight: r.weight,
+                    u_threshold: c.u_threshold,
+                    l_threshold: c.l_threshold,
+                    ..RealServer::new(addr(r.addr), r.weight)
                 });
                 s.real_slots.push(slot as u32);
             }
@@ -258,6 +264,21 @@ impl Maps {
                 .set(slot, r, 0)
                 .map_err(map_err("writing LB_REALS"))?;
         }
+        for &(slot, u_threshold, l_threshold, fresh) in &plan.thresholds {
+            let cur = if fresh {
+                RealConns::default()
+            } else {
+                self.real_conns(slot)?
+            };
+            let next = RealConns {
+                u_threshold,
+                l_threshold,
+                ..cur
+            };
+            self.real_conns
+                .set(slot, next, 0)
+                .map_err(map_err("writing LB_REAL_CONNS"))?;
+        }
         for (idx, t) in &plan.tables {
             self.tables
                 .set(*idx, *t, 0)
@@ -296,6 +317,41 @@ impl Maps {
             .iter()
             .map(|r| r.map_err(map_err("reading LB_REALS")))
             .collect()
+    }
+
+    /// Every entry of the per-real connection counts.
+    pub fn all_real_conns(&self) -> Result<Vec<RealConns>> {
+        if let Some(v) = batch_read_array::<RealConns>(&self.real_conns, MAX_REALS) {
+            return Ok(v);
+        }
+        self.real_conns
+            .iter()
+            .map(|r| r.map_err(map_err("reading LB_REAL_CONNS")))
+            .collect()
+    }
+
+    pub fn real_conns(&self, slot: u32) -> Result<RealConns> {
+        self.real_conns
+            .get(&slot, 0)
+            .map_err(map_err("reading LB_REAL_CONNS"))
+    }
+
+    /// Overwrites a real's counts (thresholds and overload state kept): the recount. Between
+    /// its read and its write the data path may count a connection that is then lost from the
+    /// count; the next recount finds it.
+    pub fn set_real_counts(&mut self, slot: u32, active: u64, inactive: u64) -> Result<()> {
+        let cur = self.real_conns(slot)?;
+        self.real_conns
+            .set(
+                slot,
+                RealConns {
+                    active,
+                    inactive,
+                    ..cur
+                },
+                0,
+            )
+            .map_err(map_err("writing LB_REAL_CONNS"))
     }
 
     fn read_filter(&self) -> Result<Vec<u64>> {

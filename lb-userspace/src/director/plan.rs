@@ -5,6 +5,7 @@
 //!
 //! 1. the VIP pre-filter opens for new services' addresses;
 //! 2. reals: a new one gets a slot and a fresh generation, an existing one its new weight;
+//!    thresholds with them (a new real's connection counts start from zero);
 //! 3. tables: a changed table goes into the *inactive* copy of its service;
 //! 4. service entries, each pointing at its live copy (one atomic hash-map update per service:
 //!    this is the A/B flip);
@@ -19,8 +20,8 @@ use super::{
     table::{InstalledService, ServiceId, VirtualService},
 };
 use lb_common::{
-    MAX_REALS, MAX_SERVICES, REAL_F_IN_USE, REAL_F_LOCAL, Real, SCHED_SLOTS, SchedTable, Service,
-    ServiceKey, VIP_FILTER_WORDS, ip_be, vip_filter_bit,
+    MAX_REALS, MAX_SERVICES, REAL_F_IN_USE, REAL_F_LOCAL, Real, SCHED_SLOTS, SVC_F_THRESHOLDS,
+    SchedTable, Service, ServiceKey, VIP_FILTER_WORDS, ip_be, vip_filter_bit,
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -39,6 +40,10 @@ pub enum PlanError {
     DuplicateService(ServiceId),
     #[error("{1} cannot be a real server of {0}: {2}")]
     UnusableReal(ServiceId, Ipv4Addr, &'static str),
+    #[error(
+        "real {1} of {0}: the lower connection threshold ({2}) is above the upper one ({3}); a lower threshold needs an upper one at least as high"
+    )]
+    Thresholds(ServiceId, Ipv4Addr, u32, u32),
 }
 
 /// What the maps hold, as far as planning needs it.
@@ -62,6 +67,9 @@ pub struct Plan {
     pub filter_open: Vec<(u32, u64)>,
     /// Reals written, and whether their counters start from zero (a new occupant).
     pub reals: Vec<(u32, Real, bool)>,
+    /// Thresholds written (slot, upper, lower), and whether the real's connection counts start
+    /// from zero (a new occupant).
+    pub thresholds: Vec<(u32, u32, u32, bool)>,
     /// Tables written, by index (`service slot * 2 + copy`): always the inactive copy.
     pub tables: Vec<(u32, SchedTable)>,
     /// New services' slots: their counters and scheduling cursors start from zero.
@@ -126,6 +134,14 @@ fn validate(want: &[VirtualService]) -> Result<(), PlanError> {
             }
             if let Some(why) = super::table::unusable_real(r.addr, s.id.addr) {
                 return Err(PlanError::UnusableReal(s.id, r.addr, why));
+            }
+            if r.l_threshold > r.u_threshold {
+                return Err(PlanError::Thresholds(
+                    s.id,
+                    r.addr,
+                    r.l_threshold,
+                    r.u_threshold,
+                ));
             }
         }
     }
@@ -235,6 +251,14 @@ pub fn plan(snap: &Snapshot, want: &[VirtualService]) -> Result<Plan, PlanError>
             if next != old || is_new {
                 plan.reals.push((rslot, next, is_new));
             }
+            let was = p.cur.and_then(|c| {
+                let i = c.spec.reals.iter().position(|cr| cr.addr == r.addr)?;
+                Some((c.spec.reals[i].u_threshold, c.spec.reals[i].l_threshold))
+            });
+            if is_new || was != Some((r.u_threshold, r.l_threshold)) {
+                plan.thresholds
+                    .push((rslot, r.u_threshold, r.l_threshold, is_new));
+            }
         }
     }
 
@@ -244,7 +268,9 @@ pub fn plan(snap: &Snapshot, want: &[VirtualService]) -> Result<Plan, PlanError>
         let active = p.cur.map(|c| c.table_copy).unwrap_or(1);
         let same_table = p.cur.is_some() && snap.live_tables.get(&p.slot) == Some(&table);
         let same_svc = p.cur.is_some_and(|c| {
-            c.spec.sched == p.spec.sched && c.spec.persistence == p.spec.persistence
+            c.spec.sched == p.spec.sched
+                && c.spec.persistence == p.spec.persistence
+                && service_flags(&c.spec) == service_flags(p.spec)
         });
         if same_table && same_svc {
             continue;
@@ -263,7 +289,7 @@ pub fn plan(snap: &Snapshot, want: &[VirtualService]) -> Result<Plan, PlanError>
                 table: copy,
                 persist_timeout: p.spec.persistence,
                 sched: p.spec.sched.to_raw(),
-                flags: 0,
+                flags: service_flags(p.spec),
                 _pad: [0; 2],
             },
         ));
@@ -290,6 +316,16 @@ pub fn plan(snap: &Snapshot, want: &[VirtualService]) -> Result<Plan, PlanError>
     // ...and stops letting removed services' packets in only after they are gone.
     plan.filter_close = changed_words(&open, &new_filter);
     Ok(plan)
+}
+
+/// The data path's per-service flags: whether any real has an upper threshold (then rr, wrr
+/// and mh look at counts too).
+pub fn service_flags(spec: &VirtualService) -> u8 {
+    if spec.reals.iter().any(|r| r.u_threshold > 0) {
+        SVC_F_THRESHOLDS
+    } else {
+        0
+    }
 }
 
 fn changed_words(old: &[u64], new: &[u64]) -> Vec<(u32, u64)> {

@@ -1,8 +1,13 @@
 //! Scheduling tables: userspace precomputes, for each service, the sequence of real ids that new
-//! connections walk through (`rr`, `wrr`) or index by source hash (`mh`). The data path only
-//! reads a slot, so every policy decision lives here, where it can be tested.
+//! connections walk through (`rr`, `wrr`), index by source hash (`mh`), or compare by their live
+//! connection counts (`lc`, `wlc`, `sed`, `nq`: the table lists the candidates in service
+//! order). The data path only reads slots and counts, so every other policy decision lives
+//! here, where it can be tested.
 
-use lb_common::{MH_TABLE_LEN, SCHED_MH, SCHED_RR, SCHED_SLOTS, SCHED_WRR};
+use lb_common::{
+    MH_TABLE_LEN, SCHED_LC, SCHED_MH, SCHED_NQ, SCHED_RR, SCHED_SED, SCHED_SLOTS, SCHED_WLC,
+    SCHED_WRR,
+};
 use std::{fmt, str::FromStr};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -11,19 +16,36 @@ pub enum Scheduler {
     Rr,
     Wrr,
     Mh,
+    Lc,
+    Wlc,
+    Sed,
+    Nq,
 }
 
 impl Scheduler {
     /// The scheduler a service gets when none is named (`-A` without `-s`, a daemon service
-    /// without `scheduler`). ipvsadm's default, `wlc`, needs live connection counts in the
-    /// data path; `wrr` honours the weights the same way for equal-cost connections.
-    pub const DEFAULT: Scheduler = Scheduler::Wrr;
+    /// without `scheduler`): ipvsadm's default.
+    pub const DEFAULT: Scheduler = Scheduler::Wlc;
+
+    pub const ALL: [Scheduler; 7] = [
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+        Scheduler::Wlc,
+        Scheduler::Sed,
+        Scheduler::Nq,
+        Scheduler::Mh,
+    ];
 
     pub const fn to_raw(self) -> u8 {
         match self {
             Scheduler::Rr => SCHED_RR,
             Scheduler::Wrr => SCHED_WRR,
             Scheduler::Mh => SCHED_MH,
+            Scheduler::Lc => SCHED_LC,
+            Scheduler::Wlc => SCHED_WLC,
+            Scheduler::Sed => SCHED_SED,
+            Scheduler::Nq => SCHED_NQ,
         }
     }
 
@@ -32,6 +54,10 @@ impl Scheduler {
             SCHED_RR => Some(Scheduler::Rr),
             SCHED_WRR => Some(Scheduler::Wrr),
             SCHED_MH => Some(Scheduler::Mh),
+            SCHED_LC => Some(Scheduler::Lc),
+            SCHED_WLC => Some(Scheduler::Wlc),
+            SCHED_SED => Some(Scheduler::Sed),
+            SCHED_NQ => Some(Scheduler::Nq),
             _ => None,
         }
     }
@@ -41,7 +67,19 @@ impl Scheduler {
             Scheduler::Rr => "rr",
             Scheduler::Wrr => "wrr",
             Scheduler::Mh => "mh",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Sed => "sed",
+            Scheduler::Nq => "nq",
         }
+    }
+
+    /// Picks by live connection counts (the least-connection family).
+    pub const fn counts_connections(self) -> bool {
+        matches!(
+            self,
+            Scheduler::Lc | Scheduler::Wlc | Scheduler::Sed | Scheduler::Nq
+        )
     }
 }
 
@@ -54,14 +92,12 @@ impl fmt::Display for Scheduler {
 impl FromStr for Scheduler {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "rr" => Ok(Scheduler::Rr),
-            "wrr" => Ok(Scheduler::Wrr),
-            "mh" => Ok(Scheduler::Mh),
-            other => Err(format!(
-                "unknown scheduler `{other}` (this director has rr, wrr, mh)"
-            )),
-        }
+        Scheduler::ALL
+            .into_iter()
+            .find(|sch| sch.name() == s)
+            .ok_or_else(|| {
+                format!("unknown scheduler `{s}` (this director has rr, wrr, lc, wlc, sed, nq, mh)")
+            })
     }
 }
 
@@ -82,10 +118,50 @@ pub fn build(sched: Scheduler, reals: &[Candidate]) -> Vec<u32> {
         return Vec::new();
     }
     match sched {
-        Scheduler::Rr => live.iter().map(|r| r.id).take(SCHED_SLOTS).collect(),
+        Scheduler::Rr | Scheduler::Lc | Scheduler::Wlc | Scheduler::Sed | Scheduler::Nq => {
+            live.iter().map(|r| r.id).take(SCHED_SLOTS).collect()
+        }
         Scheduler::Wrr => smooth_wrr(&live),
         Scheduler::Mh => maglev(&live, MH_TABLE_LEN as usize),
     }
+}
+
+/// What a least-connection scheduler knows of a candidate when a new connection comes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Load {
+    pub id: u32,
+    pub weight: u32,
+    pub active: u32,
+    pub inactive: u32,
+    /// Over its upper threshold (see [`lb_common::overloaded`]).
+    pub overloaded: bool,
+}
+
+/// The pick of `lc`, `wlc`, `sed` or `nq` among `reals` (in table order), as IPVS defines them
+/// and the data path computes them: `lc` the fewest `active * 256 + inactive`, `wlc` that per
+/// unit of weight, `sed` the fewest `(active + 1) / weight`, `nq` an idle real at once, else as
+/// `sed`. Quiescent (weight 0) and overloaded reals are passed over; the first of equals wins.
+pub fn least(sched: Scheduler, reals: &[Load]) -> Option<u32> {
+    let mut best: Option<(&Load, u64)> = None;
+    for r in reals.iter().filter(|r| r.weight > 0 && !r.overloaded) {
+        let (active, inactive) = (r.active as u64, r.inactive as u64);
+        if sched == Scheduler::Nq && active == 0 {
+            return Some(r.id);
+        }
+        let overhead = match sched {
+            Scheduler::Sed | Scheduler::Nq => active + 1,
+            _ => (active << 8) + inactive,
+        };
+        let better = match best {
+            None => true,
+            Some((_, b)) if sched == Scheduler::Lc => overhead < b,
+            Some((l, b)) => overhead * (l.weight as u64) < b * (r.weight as u64),
+        };
+        if better {
+            best = Some((r, overhead));
+        }
+    }
+    best.map(|(r, _)| r.id)
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -203,6 +279,73 @@ mod tests {
             addr: 0x0a00_0000 + id,
             weight,
         }
+    }
+
+    fn load(id: u32, weight: u32, active: u32, inactive: u32) -> Load {
+        Load {
+            id,
+            weight,
+            active,
+            inactive,
+            overloaded: false,
+        }
+    }
+
+    #[test]
+    fn least_connection_family_follows_ipvs() {
+        // wlc: 10 active on each of two reals, a new one with none takes the next connections.
+        let three = [load(1, 1, 10, 0), load(2, 1, 10, 0), load(3, 1, 0, 0)];
+        assert_eq!(least(Scheduler::Wlc, &three), Some(3));
+        // An active connection weighs 256 inactive ones (ip_vs_dest_conn_overhead).
+        let two = [load(1, 1, 1, 0), load(2, 1, 0, 255)];
+        assert_eq!(least(Scheduler::Lc, &two), Some(2));
+        let two = [load(1, 1, 1, 0), load(2, 1, 0, 256)];
+        assert_eq!(least(Scheduler::Lc, &two), Some(1), "first of equals");
+        // wlc divides by the weight; lc does not.
+        let w = [load(1, 1, 2, 0), load(2, 3, 4, 0)];
+        assert_eq!(least(Scheduler::Wlc, &w), Some(2));
+        assert_eq!(least(Scheduler::Lc, &w), Some(1));
+        // sed counts only active ones, plus the one to come: (1+1)/1 vs (2+1)/2.
+        let sed = [load(1, 1, 1, 0), load(2, 2, 2, 500)];
+        assert_eq!(least(Scheduler::Sed, &sed), Some(2));
+        assert_eq!(least(Scheduler::Wlc, &sed), Some(1));
+        // nq: an idle real first, even a light one.
+        let nq = [load(1, 100, 1, 0), load(2, 1, 0, 9)];
+        assert_eq!(least(Scheduler::Nq, &nq), Some(2));
+        assert_eq!(least(Scheduler::Sed, &nq), Some(1));
+        // Quiescent and overloaded reals get nothing; nobody left is no pick.
+        let mut o = load(1, 1, 0, 0);
+        o.overloaded = true;
+        assert_eq!(least(Scheduler::Wlc, &[o, load(2, 0, 0, 0)]), None);
+        assert_eq!(least(Scheduler::Wlc, &[o, load(2, 1, 99, 0)]), Some(2));
+    }
+
+    #[test]
+    fn overload_has_ipvs_hysteresis() {
+        use lb_common::overloaded;
+        // Upper 10, lower 0: over from 10 on, back below 7.5.
+        assert!(!overloaded(false, 9, 10, 0));
+        assert!(overloaded(false, 10, 10, 0));
+        assert!(overloaded(true, 8, 10, 0));
+        assert!(!overloaded(true, 7, 10, 0));
+        // Upper 10, lower 4: back below 4 only.
+        assert!(overloaded(true, 4, 10, 4));
+        assert!(!overloaded(true, 3, 10, 4));
+        // No upper threshold: never.
+        assert!(!overloaded(true, 1_000, 0, 0));
+    }
+
+    #[test]
+    fn least_connection_tables_list_the_live_reals() {
+        for s in [Scheduler::Lc, Scheduler::Wlc, Scheduler::Sed, Scheduler::Nq] {
+            assert_eq!(build(s, &[c(4, 5), c(2, 0), c(9, 1)]), vec![4, 9]);
+        }
+        assert_eq!(Scheduler::DEFAULT, Scheduler::Wlc);
+        for s in Scheduler::ALL {
+            assert_eq!(s.name().parse::<Scheduler>(), Ok(s));
+            assert_eq!(Scheduler::from_raw(s.to_raw()), Some(s));
+        }
+        assert!("lblc".parse::<Scheduler>().unwrap_err().contains("wlc"));
     }
 
     #[test]

@@ -84,6 +84,21 @@ impl fmt::Display for ServiceId {
 pub struct RealServer {
     pub addr: Ipv4Addr,
     pub weight: u32,
+    /// `-x`: connections (active + inactive) at which it takes no new one; 0 = no limit.
+    pub u_threshold: u32,
+    /// `-y`: connections below which it takes new ones again; 0 = three quarters of `-x`.
+    pub l_threshold: u32,
+}
+
+impl RealServer {
+    pub const fn new(addr: Ipv4Addr, weight: u32) -> Self {
+        RealServer {
+            addr,
+            weight,
+            u_threshold: 0,
+            l_threshold: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -6,7 +6,7 @@
 use super::{
     conntrack::{NS, now_ns, remaining, state_name},
     maps::{Maps, MapsError},
-    scheduler::Scheduler,
+    scheduler::{Load, Scheduler, least},
     table::{Protocol, addr},
 };
 use lb_common::{
@@ -74,12 +74,35 @@ pub fn picks(
     key: &ConnKey,
     port_known: bool,
 ) -> Vec<(String, u32)> {
+    picks_by_load(sched, slots, cursors, &[], key, port_known)
+}
+
+/// [`picks`], with the live counts of the reals for the least-connection schedulers (`loads`,
+/// in table order).
+pub fn picks_by_load(
+    sched: Scheduler,
+    slots: &[u32],
+    cursors: &[u32],
+    loads: &[Load],
+    key: &ConnKey,
+    port_known: bool,
+) -> Vec<(String, u32)> {
     let len = slots.len() as u32;
     if len == 0 {
         return Vec::new();
     }
     if sched == Scheduler::Mh {
         return vec![("any CPU".into(), slots[(mh_hash(key.saddr) % len) as usize])];
+    }
+    if sched.counts_connections() {
+        let mut out: Vec<(String, u32)> = least(sched, loads)
+            .map(|id| ("any CPU, by the counts now".to_string(), id))
+            .into_iter()
+            .collect();
+        if port_known {
+            out.push(("flood mode".into(), slots[(flow_hash(key) % len) as usize]));
+        }
+        return out;
     }
     let cpus = cursors.len().max(1) as u32;
     let mut out: Vec<(String, u32)> = cursors
@@ -218,10 +241,32 @@ pub fn trace(maps: &Maps, q: &Query) -> Result<Trace, MapsError> {
                 .get(&svc.slot, 0)
                 .map(|v| v.iter().copied().collect())
                 .unwrap_or_default();
-            picks(
+            let loads: Vec<Load> = slots
+                .iter()
+                .filter_map(|&id| {
+                    let r = maps.reals.get(&id, 0).ok()?;
+                    let c = maps.real_conns(id).ok()?;
+                    let (active, inactive) = c.counts();
+                    let over = lb_common::overloaded(
+                        c.overloaded != 0,
+                        active.saturating_add(inactive),
+                        c.u_threshold,
+                        c.l_threshold,
+                    );
+                    Some(Load {
+                        id,
+                        weight: r.weight,
+                        active,
+                        inactive,
+                        overloaded: over,
+                    })
+                })
+                .collect();
+            picks_by_load(
                 svc.spec.sched,
                 slots,
                 &cursors,
+                &loads,
                 &key,
                 q.client_port.is_some(),
             )

@@ -156,6 +156,19 @@ pub fn upgrade(opts: &AttachOptions, ifindex: u32) -> Result<AttachReport> {
         cfg.tunnel_src = ip_be(src.octets());
         write_config(&mut ebpf, &cfg)?;
     }
+    // The connections carried over are counted per real now, not when the daemon next
+    // recounts: a data path without a daemon would otherwise count their ends below zero.
+    if plan.new_maps.iter().any(|m| m == lb_common::MAP_REAL_CONNS) {
+        let recounted = super::maps::Maps::open(pin)
+            .and_then(|mut m| super::conntrack::recount(&mut m, &Default::default()));
+        if let Err(e) = recounted {
+            return Err(SysError::Bpf {
+                what: "counting the carried-over connections per real".into(),
+                source: e.to_string().into(),
+            }
+            .into());
+        }
+    }
     Ok(AttachReport {
         ifindex,
         generic,

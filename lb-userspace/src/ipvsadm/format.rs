@@ -55,6 +55,8 @@ pub struct ListReal {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub weight: u32,
+    pub u_threshold: u32,
+    pub l_threshold: u32,
     pub active: u32,
     pub inactive: u32,
     pub stats: Stats,
@@ -83,6 +85,8 @@ pub enum Columns {
     Default,
     Stats,
     Rate,
+    /// `--thresholds`.
+    Thresholds,
 }
 
 /// Options of `-L`.
@@ -440,6 +444,15 @@ pub fn list(
             title_numbers(&mut out, ["Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"])
         }
         Columns::Rate => title_numbers(&mut out, ["CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"]),
+        Columns::Thresholds => {
+            // "%-33s %-10s %-10s %-10s %-10s\n  -> RemoteAddress:Port\n"
+            ljust(&mut out, "Prot LocalAddress:Port", 33);
+            for n in ["Uthreshold", "Lthreshold", "ActiveConn", "InActConn"] {
+                out.push(' ');
+                ljust(&mut out, n, 10);
+            }
+            out.push_str("\n  -> RemoteAddress:Port\n");
+        }
         Columns::Default => out.push_str(
             "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n",
         ),
@@ -448,7 +461,7 @@ pub fn list(
     for s in &ordered(services, opts.sort) {
         let svc_name = list_service_name(s, numeric, r);
         match opts.columns {
-            Columns::Default => {
+            Columns::Default | Columns::Thresholds => {
                 // printf("%s %s", svc_name, sched_name) [" persistent %u"] "\n"
                 out.push_str(&svc_name);
                 out.push(' ');
@@ -484,6 +497,13 @@ pub fn list(
                     ljust(&mut out, &d.active.to_string(), 10);
                     out.push(' ');
                     ljust(&mut out, &d.inactive.to_string(), 10);
+                }
+                Columns::Thresholds => {
+                    // "  -> %-28s %-10u %-10u %-10u %-10u\n"
+                    for v in [d.u_threshold, d.l_threshold, d.active, d.inactive] {
+                        out.push(' ');
+                        ljust(&mut out, &v.to_string(), 10);
+                    }
                 }
                 Columns::Stats => largenums(&mut out, &d.stats, opts.exact),
                 Columns::Rate => {
@@ -632,6 +652,8 @@ pub fn json_opts(services: &[ListService], sort: bool) -> serde_json::Value {
                         "port": d.port,
                         "forward": "Tunnel",
                         "weight": d.weight,
+                        "u_threshold": d.u_threshold,
+                        "l_threshold": d.l_threshold,
                         "active_conns": d.active,
                         "inactive_conns": d.inactive,
                         "stats": stats(&d.stats),

@@ -137,6 +137,10 @@ pub struct Invocation {
     /// `-w`, for -a/-e: 0..=2147483647. `None` when absent: ipvsadm then sends weight 1, for
     /// `-e` too.
     pub weight: Option<u32>,
+    /// `-x` / `-y`, for -a/-e: 0..=2147483647; absent means 0 (ipvsadm sends the whole
+    /// destination, for `-e` too).
+    pub u_threshold: u32,
+    pub l_threshold: u32,
     /// `-n` (-L, -S).
     pub numeric: bool,
     /// `-c` (-L): list connections.
@@ -174,6 +178,8 @@ impl Invocation {
             persistent: None,
             real: None,
             weight: None,
+            u_threshold: 0,
+            l_threshold: 0,
             numeric: false,
             connection: false,
             timeout: false,
@@ -355,6 +361,8 @@ struct State {
     dest_port: u16,
     fwd: Fwd,
     weight: u32,
+    u_threshold: u32,
+    l_threshold: u32,
     tun_type: usize,
     sched_flags: String,
     set_timeouts: Option<(u32, u32, u32)>,
@@ -382,6 +390,8 @@ impl State {
             dest_port: 0,
             fwd: Fwd::Droute,
             weight: 1,
+            u_threshold: 0,
+            l_threshold: 0,
             tun_type: 0,
             sched_flags: String::new(),
             set_timeouts: None,
@@ -508,15 +518,15 @@ impl State {
             }
             Opt::UThreshold => {
                 self.set_option(O_UTHRESHOLD)?;
-                string_to_number(a, 0, i32::MAX.into())
-                    .ok_or_else(|| fail("illegal u_threshold specified"))?;
-                self.refuse(UTHRESHOLD_UNSUPPORTED);
+                self.u_threshold = string_to_number(a, 0, i32::MAX.into())
+                    .ok_or_else(|| fail("illegal u_threshold specified"))?
+                    as u32;
             }
             Opt::LThreshold => {
                 self.set_option(O_LTHRESHOLD)?;
-                string_to_number(a, 0, i32::MAX.into())
-                    .ok_or_else(|| fail("illegal l_threshold specified"))?;
-                self.refuse(LTHRESHOLD_UNSUPPORTED);
+                self.l_threshold = string_to_number(a, 0, i32::MAX.into())
+                    .ok_or_else(|| fail("illegal l_threshold specified"))?
+                    as u32;
             }
             Opt::Numeric => self.set_option(O_NUMERIC)?,
             Opt::Connection => self.set_option(O_CONNECTION)?,
@@ -747,6 +757,8 @@ impl State {
         if self.has(O_WEIGHT) {
             inv.weight = Some(self.weight);
         }
+        inv.u_threshold = self.u_threshold;
+        inv.l_threshold = self.l_threshold;
         inv.numeric = self.has(O_NUMERIC);
         inv.connection = self.has(O_CONNECTION);
         inv.timeout = self.has(O_TIMEOUT);

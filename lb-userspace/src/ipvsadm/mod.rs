@@ -113,7 +113,6 @@ pub fn run(program: &str, args: &[String], pin_dir: &Path, stdin: &mut dyn Read)
         _ => {}
     }
     for (given, option) in [
-        (inv.thresholds, "--thresholds"),
         (inv.persistent_conn, "--persistent-conn"),
         (inv.tun_info, "--tun-info"),
     ] {
@@ -214,17 +213,26 @@ fn edit(table: &mut Vec<VirtualService>, inv: &Invocation) -> Result<(), Outcome
             let unusable = crate::director::table::unusable_real(addr, table[i].id.addr);
             let reals = &mut table[i].reals;
             let r = reals.iter().position(|r| r.addr == addr);
+            // ipvsadm sends the whole destination: what is not given takes its default.
+            let spec = RealServer {
+                u_threshold: inv.u_threshold,
+                l_threshold: inv.l_threshold,
+                ..RealServer::new(addr, inv.weight.unwrap_or(1))
+            };
             match (inv.command, r) {
+                // The kernel's first check (ip_vs_add_dest / ip_vs_edit_dest): ERANGE.
+                (Command::AddServer | Command::EditServer, _)
+                    if spec.l_threshold > spec.u_threshold =>
+                {
+                    return Err(op_err("Numerical result out of range"));
+                }
                 (Command::AddServer | Command::EditServer, _) if unusable.is_some() => {
                     return Err(op_err(NOT_UNICAST));
                 }
                 (Command::AddServer, Some(_)) => return Err(op_err("Destination already exists")),
-                (Command::AddServer, None) => reals.push(RealServer {
-                    addr,
-                    weight: inv.weight.unwrap_or(1),
-                }),
+                (Command::AddServer, None) => reals.push(spec),
                 (_, None) => return Err(op_err("No such destination")),
-                (Command::EditServer, Some(r)) => reals[r].weight = inv.weight.unwrap_or(1),
+                (Command::EditServer, Some(r)) => reals[r] = spec,
                 (_, Some(r)) => {
                     reals.remove(r);
                 }
@@ -399,6 +407,8 @@ fn list(maps: &Maps, inv: &Invocation) -> Outcome {
         fmt::Columns::Stats
     } else if inv.rate {
         fmt::Columns::Rate
+    } else if inv.thresholds {
+        fmt::Columns::Thresholds
     } else {
         fmt::Columns::Default
     };
@@ -475,6 +485,8 @@ fn to_rows(
                             // Tunnel mode: the real port is the virtual port.
                             port: s.spec.id.port,
                             weight: r.weight,
+                            u_threshold: r.u_threshold,
+                            l_threshold: r.l_threshold,
                             active,
                             inactive,
                             stats,

@@ -57,10 +57,6 @@ pub const SCHED_FLAGS_UNSUPPORTED: &str =
 /// `-o` (which ipvsadm itself allows only for UDP services).
 pub const OPS_UNSUPPORTED: &str =
     "One-packet scheduling (-o) is not supported: UDP flows are scheduled once per connection";
-/// `-x`.
-pub const UTHRESHOLD_UNSUPPORTED: &str = "Connection thresholds (-x) are not supported: the data path does not limit connections per real server";
-/// `-y`.
-pub const LTHRESHOLD_UNSUPPORTED: &str = "Connection thresholds (-y) are not supported: the data path does not limit connections per real server";
 /// An IPv6 service or real-server address (`[addr]:port`, or a bare IPv6 literal). This is
 /// ipvsadm's text for a kernel that refuses the address family (`ipvs_strerror(EAFNOSUPPORT)`,
 /// what ipvsadm prints for IPv6 when its libipvs talks to the kernel over sockopts), with its
@@ -97,8 +93,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("--pe", PE_UNSUPPORTED),
     ("-b, --sched-flags", SCHED_FLAGS_UNSUPPORTED),
     ("-o, --ops", OPS_UNSUPPORTED),
-    ("-x, --u-threshold", UTHRESHOLD_UNSUPPORTED),
-    ("-y, --l-threshold", LTHRESHOLD_UNSUPPORTED),
     ("IPv6 addresses ([addr]:port)", IPV6_UNSUPPORTED),
     ("--set", SET_UNSUPPORTED),
     ("--start-daemon", DAEMON_UNSUPPORTED),
@@ -114,10 +108,7 @@ pub fn try_help(program: &str) -> String {
 /// director supports, then what it refuses.
 pub fn usage(program: &str) -> String {
     let p = program;
-    let scheds: Vec<&str> = (0..=u8::MAX)
-        .filter_map(Scheduler::from_raw)
-        .map(|s| s.name())
-        .collect();
+    let scheds: Vec<&str> = Scheduler::ALL.iter().map(|s| s.name()).collect();
     let scheds = scheds.join("|");
     let default = Scheduler::DEFAULT.name();
     format!(
@@ -163,11 +154,14 @@ Options:
   --ipip         -i                   ipip encapsulation (tunneling) (default)
   --tun-type      type                ipip, the only tunnel type
   --weight       -w weight            capacity of real server
+  --u-threshold  -x uthreshold        upper threshold of connections
+  --l-threshold  -y lthreshold        lower threshold of connections
   --connection   -c                   output of current IPVS connections
   --timeout                           output of timeout (tcp tcpfin udp)
   --daemon                            output of daemon information
   --stats                             output of statistics information
   --rate                              output of rate information
+  --thresholds                        output of thresholds information
   --exact                             expand numbers (display exact values)
   --nosort                            disable sorting output of service/server entries
   --sort                              does nothing, for backwards compatibility
@@ -176,8 +170,8 @@ Options:
 
 Not supported by this IPv4, IPIP-tunnel-only director (refused with exit 2):
   -f, --sctp-service, -6, -g, -m, --tun-type gue|gre, --tun-port, --tun-nocsum,
-  --tun-csum, --tun-remcsum, -M other than 255.255.255.255, --pe, -b, -o, -x, -y,
-  --set, --start-daemon, --stop-daemon, -L --thresholds|--persistent-conn|--tun-info;
+  --tun-csum, --tun-remcsum, -M other than 255.255.255.255, --pe, -b, -o,
+  --set, --start-daemon, --stop-daemon, -L --persistent-conn|--tun-info;
   and IPv6 addresses (exit 255).
 "
     )

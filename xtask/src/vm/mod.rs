@@ -48,6 +48,7 @@ use report::*;
 pub const VM_SUITE: &[&str] = &[
     "datapath_fixture",
     "conntrack_fixture",
+    "leastconn_fixture",
     "realserver",
     "e2e_director",
 ];

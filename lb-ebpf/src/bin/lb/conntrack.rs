@@ -6,7 +6,10 @@
 //! client's ACK of the handshake, or, for a flow first seen without a SYN (and UDP), by a packet
 //! [`CONFIRM_AFTER_NS`] after its first. A spoofed SYN, sent once or twice, never gets there.
 //! Only confirmed connections are reported to the sync daemon.
-use crate::maps::{CONNS, CONNS_NEW, PERSIST, REALS, bump, report};
+use crate::{
+    accounting,
+    maps::{CONNS, CONNS_NEW, PERSIST, REALS, bump, report},
+};
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 use lb_common::{
@@ -70,6 +73,7 @@ pub fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Re
             // A dead entry (expired, its real gone, its tuple reused by a new connection) goes:
             // the flow's next entry is made in CONNS_NEW, and this one would shadow it.
             Err(reason) => {
+                accounting::closed(unsafe { &*c });
                 let _ = CONNS.remove(key);
                 miss = reason;
             }
@@ -78,7 +82,14 @@ pub fn established(key: &ConnKey, flags: u8, now: u64) -> Result<(u32, Real), Re
     let Some(c) = CONNS_NEW.get_ptr_mut(key) else {
         return Err(miss);
     };
-    unconfirmed(key, unsafe { &mut *c }, flags, syn, now, miss)
+    let found = unconfirmed(key, unsafe { &mut *c }, flags, syn, now, miss);
+    if found.is_err() {
+        // Removed rather than left for `record` to overwrite: a flow that is not recorded
+        // again (an RST, a SYN in flood mode) would find it, and count it out, a second time.
+        accounting::closed(unsafe { &*c });
+        let _ = CONNS_NEW.remove(key);
+    }
+    found
 }
 
 /// A packet of an established connection: its state and `last_seen` move on.
@@ -109,6 +120,7 @@ fn confirmed(
     let state = next_state(key.proto, flags, conn.state);
     if state != conn.state || age > LAST_SEEN_SLACK_NS {
         let changed = state != conn.state;
+        accounting::moved(conn.real_id, conn.state, state);
         conn.state = state;
         conn.last_seen_ns = now;
         if changed {
@@ -154,8 +166,10 @@ fn unconfirmed(
             ..*conn
         };
         // `conn` is not read after the remove: its element may be reused at once.
+        let from = conn.state;
         if CONNS.insert(key, &c, 0).is_ok() {
             let _ = CONNS_NEW.remove(key);
+            accounting::moved(id, from, c.state);
             bump(Reason::Confirmed);
             report(event(key, &c, now));
         } else {
@@ -164,6 +178,7 @@ fn unconfirmed(
         refresh_template(key, &c, now);
     } else if flags & TCP_RST != 0 {
         // The client gave up: its entry expires in CLOSE's 10 s, counted from its first packet.
+        accounting::moved(id, conn.state, CONN_CLOSE);
         conn.state = CONN_CLOSE;
     }
     Ok((id, real))
@@ -217,7 +232,9 @@ pub fn record(
         _pad: [0; 2],
         last_seen_ns: now,
     };
-    if CONNS_NEW.insert(key, &conn, 0).is_err() {
+    if CONNS_NEW.insert(key, &conn, 0).is_ok() {
+        accounting::opened(real_id, state);
+    } else {
         bump(Reason::ConnInsertFail);
         warn!(
             ctx,

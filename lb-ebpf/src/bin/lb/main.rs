@@ -8,8 +8,11 @@
 //! forwards ICMP errors; `peer` decapsulates for this host's own real (two-node layout); `tc`
 //! holds the two TC programs; `maps` every map.
 #![no_std]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
+mod accounting;
 mod admit;
 mod conntrack;
 mod encap;

@@ -7,8 +7,8 @@ use aya_ebpf::{
 use lb_common::{
     AllowKey, CONFIG_F_SYNC, Config, Conn, ConnKey, Counters, DEFAULT_CONNS, FloodState, Limits,
     MAX_ALLOW, MAX_PEERS, MAX_PERSIST, MAX_PROBES, MAX_REALS, MAX_SERVICES, Meta, NextHop, Persist,
-    PersistKey, Probe, ProbeKey, REASON_SLOTS, Real, Reason, SYNC_RING_BYTES, SchedTable, Service,
-    ServiceKey, SyncEvent, VIP_FILTER_WORDS, vip_filter_bit,
+    PersistKey, Probe, ProbeKey, REASON_SLOTS, Real, RealConns, Reason, SYNC_RING_BYTES,
+    SchedTable, Service, ServiceKey, SyncEvent, VIP_FILTER_WORDS, vip_filter_bit,
 };
 
 #[map(name = "LB_SERVICES")]
@@ -48,6 +48,10 @@ pub static SVC_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_SERVICES, 
 
 #[map(name = "LB_REAL_STATS")]
 pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_REALS, 0);
+
+/// Connections per real and its thresholds: the least-connection schedulers read it.
+#[map(name = "LB_REAL_CONNS")]
+pub static REAL_CONNS: Array<RealConns> = Array::pinned(MAX_REALS, 0);
 
 #[map(name = "LB_REASONS")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(REASON_SLOTS, 0);

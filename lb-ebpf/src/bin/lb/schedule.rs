@@ -1,14 +1,19 @@
 //! Which real a new connection goes to: the service, the client's persistence template if the
-//! service has one, else one slot of the table userspace precomputed (rr, wrr, mh). In flood
-//! mode rr and wrr index their table by the flow hash instead of walking it.
+//! service has one, else one slot of the table userspace precomputed (rr, wrr, mh), or the
+//! least loaded of the reals it lists (lc, wlc, sed, nq). In flood mode every scheduler but mh
+//! indexes its table by the flow hash instead, so that a flow whose SYN was not recorded finds
+//! the same real at its ACK. A real over its upper threshold gets no new connection.
 use crate::{
+    accounting,
     conntrack::{NS_PER_SEC, real_valid},
     maps::{CONFIG, CURSORS, PERSIST, REALS, SERVICES, TABLES, report},
 };
-use aya_ebpf::helpers::bpf_get_smp_processor_id;
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, generated::bpf_loop};
+use core::ffi::c_void;
 use lb_common::{
-    Conn, ConnKey, Persist, PersistKey, REAL_F_IN_USE, Real, Reason, SCHED_MH, SCHED_SLOTS,
-    SYNC_F_TEMPLATE, Service, ServiceKey, SyncEvent, flow_hash, mh_hash,
+    Conn, ConnKey, Persist, PersistKey, REAL_F_IN_USE, Real, Reason, SCHED_LC, SCHED_MH, SCHED_NQ,
+    SCHED_SED, SCHED_SLOTS, SVC_F_THRESHOLDS, SYNC_F_TEMPLATE, Service, ServiceKey, SyncEvent,
+    flow_hash, mh_hash,
 };
 
 /// The service for a destination: the exact port, else a persistent port-0 service of the VIP.
@@ -103,6 +108,9 @@ fn schedule(key: &ConnKey, svc: &Service, flooding: bool) -> Result<(u32, Real),
     if len == 0 || len as usize > SCHED_SLOTS {
         return Err(Reason::NoRealUnreach);
     }
+    if svc.sched >= SCHED_LC && !flooding {
+        return least(svc, len);
+    }
     let slot = if svc.sched == SCHED_MH {
         mh_hash(key.saddr) % len
     } else if flooding {
@@ -125,5 +133,151 @@ fn schedule(key: &ConnKey, svc: &Service, flooding: bool) -> Result<(u32, Real),
     if real.flags & REAL_F_IN_USE == 0 || real.service_id != svc.id {
         return Err(Reason::NoRealUnreach);
     }
+    if svc.flags & SVC_F_THRESHOLDS != 0 && matches!(accounting::load(real_id), Some((_, _, true)))
+    {
+        return next_available(svc, slot, len);
+    }
     Ok((real_id, *real))
+}
+
+/// The real of the first slot after `slot` that is not overloaded (IPVS's rr and mh step past
+/// an overloaded real the same way).
+#[inline(always)]
+fn next_available(svc: &Service, slot: u32, len: u32) -> Result<(u32, Real), Reason> {
+    let mut walk = Walk {
+        table_idx: svc.id * 2 + (svc.table & 1),
+        svc_id: svc.id,
+        sched: svc.sched,
+        start: slot + 1,
+        len,
+        found: 0,
+        best_id: 0,
+        best_weight: 0,
+        best_overhead: 0,
+    };
+    run_loop(len - 1, next_step as *mut c_void, &mut walk);
+    found(&walk)
+}
+
+/// IPVS's least-connection schedulers over the reals the table lists (in service order; the
+/// first of equals wins, as in IPVS):
+/// - `lc`: fewest `active * 256 + inactive` (`ip_vs_dest_conn_overhead`);
+/// - `wlc`: the same divided by the weight;
+/// - `sed`: fewest `(active + 1) / weight` (shortest expected delay);
+/// - `nq`: a real with no active connection at once, else as `sed`.
+///
+/// Ratios are compared by cross-multiplying, as IPVS does, so no division is needed. The walk
+/// is a `bpf_loop` (Linux 5.17+), whose body the verifier checks once: an unrolled loop over up
+/// to [`SCHED_SLOTS`] reals would exceed its budget.
+#[inline(always)]
+fn least(svc: &Service, len: u32) -> Result<(u32, Real), Reason> {
+    let mut walk = Walk {
+        table_idx: svc.id * 2 + (svc.table & 1),
+        svc_id: svc.id,
+        sched: svc.sched,
+        start: 0,
+        len,
+        found: 0,
+        best_id: 0,
+        best_weight: 0,
+        best_overhead: 0,
+    };
+    run_loop(len, least_step as *mut c_void, &mut walk);
+    found(&walk)
+}
+
+/// The state of a walk over a scheduling table, on the caller's stack.
+#[repr(C)]
+struct Walk {
+    table_idx: u32,
+    svc_id: u32,
+    sched: u8,
+    found: u8,
+    start: u32,
+    len: u32,
+    best_id: u32,
+    best_weight: u64,
+    best_overhead: u64,
+}
+
+#[inline(always)]
+fn run_loop(n: u32, step: *mut c_void, walk: &mut Walk) {
+    unsafe { bpf_loop(n, step, (walk as *mut Walk).cast(), 0) };
+}
+
+#[inline(always)]
+fn found(walk: &Walk) -> Result<(u32, Real), Reason> {
+    if walk.found == 0 {
+        return Err(Reason::NoRealUnreach);
+    }
+    let real = REALS.get(walk.best_id).ok_or(Reason::NoRealUnreach)?;
+    Ok((walk.best_id, *real))
+}
+
+/// The real in slot `i` of the walked table, if it can take a connection at all.
+#[inline(always)]
+fn candidate(walk: &Walk, i: u32) -> Option<(u32, Real)> {
+    let table = TABLES.get(walk.table_idx)?;
+    let id = table.slots[lb_ebpf::opaque(i) as usize & (SCHED_SLOTS - 1)];
+    let real = REALS.get(id)?;
+    if real.flags & REAL_F_IN_USE == 0 || real.service_id != walk.svc_id || real.weight == 0 {
+        return None;
+    }
+    Some((id, *real))
+}
+
+/// One step of [`next_available`]: stops at the first real not overloaded.
+extern "C" fn next_step(i: u64, ctx: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    if walk.len == 0 {
+        return 1;
+    }
+    let slot = (walk.start + i as u32) % walk.len;
+    let Some((id, _)) = candidate(walk, slot) else {
+        return 0;
+    };
+    if let Some((_, _, false)) = accounting::load(id) {
+        walk.found = 1;
+        walk.best_id = id;
+        return 1;
+    }
+    0
+}
+
+/// One step of [`least`].
+extern "C" fn least_step(i: u64, ctx: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    let Some((id, real)) = candidate(walk, i as u32) else {
+        return 0;
+    };
+    let Some((active, inactive, over)) = accounting::load(id) else {
+        return 0;
+    };
+    if over {
+        return 0;
+    }
+    let (active, inactive, weight) = (active as u64, inactive as u64, real.weight as u64);
+    if walk.sched == SCHED_NQ && active == 0 {
+        walk.found = 1;
+        walk.best_id = id;
+        return 1;
+    }
+    let overhead = if walk.sched == SCHED_SED || walk.sched == SCHED_NQ {
+        active + 1
+    } else {
+        (active << 8) + inactive
+    };
+    let better = walk.found == 0
+        || if walk.sched == SCHED_LC {
+            overhead < walk.best_overhead
+        } else {
+            overhead * walk.best_weight < walk.best_overhead * weight
+        };
+    if better {
+        walk.found = 1;
+        walk.best_id = id;
+        walk.best_weight = weight;
+        walk.best_overhead = overhead;
+    }
+    0
 }

@@ -16,10 +16,7 @@ fn svc(port: u16, sched: Scheduler, reals: &[(u8, u32)]) -> VirtualService {
         persistence: 0,
         reals: reals
             .iter()
-            .map(|&(last, weight)| RealServer {
-                addr: Ipv4Addr::new(10, 0, 1, last),
-                weight,
-            })
+            .map(|&(last, weight)| RealServer::new(Ipv4Addr::new(10, 0, 1, last), weight))
             .collect(),
     }
 }
@@ -86,9 +83,11 @@ fn apply(snap: &Snapshot, plan: &Plan) -> Snapshot {
                     persistence: v.persist_timeout,
                     reals: real_slots
                         .iter()
-                        .map(|s| RealServer {
-                            addr: crate::director::table::addr(reals[s].addr),
-                            weight: reals[s].weight,
+                        .map(|s| {
+                            RealServer::new(
+                                crate::director::table::addr(reals[s].addr),
+                                reals[s].weight,
+                            )
                         })
                         .collect(),
                 },

@@ -37,6 +37,8 @@ fn real(addr: &str, port: u16, weight: u32, active: u32, inactive: u32) -> ListR
         addr: ip(addr),
         port,
         weight,
+        u_threshold: 0,
+        l_threshold: 0,
         active,
         inactive,
         stats: Stats::default(),
@@ -1134,11 +1136,11 @@ fn json_shape() {
             "rate": {"cps": 5, "inpps": 120, "outpps": 0, "inbps": 14800, "outbps": 0},
             "reals": [
                 {"address": "10.0.1.11", "port": 6033, "forward": "Tunnel", "weight": 1,
-                 "active_conns": 12, "inactive_conns": 3,
+                 "u_threshold": 0, "l_threshold": 0, "active_conns": 12, "inactive_conns": 3,
                  "stats": {"conns": 4213, "inpkts": 98765, "outpkts": 0, "inbytes": 8123456, "outbytes": 0},
                  "rate": {"cps": 2, "inpps": 40, "outpps": 0, "inbps": 5000, "outbps": 0}},
                 {"address": "10.0.1.12", "port": 6033, "forward": "Tunnel", "weight": 2,
-                 "active_conns": 25, "inactive_conns": 7,
+                 "u_threshold": 0, "l_threshold": 0, "active_conns": 25, "inactive_conns": 7,
                  "stats": {"conns": 8123, "inpkts": 190221, "outpkts": 0, "inbytes": 15890321, "outbytes": 0},
                  "rate": {"cps": 0, "inpps": 0, "outpps": 0, "inbps": 0, "outbps": 0}}
             ]
@@ -1246,4 +1248,28 @@ fn system_resolver_host_of_loopback() {
     if let Some(name) = SystemResolver.host(Ipv4Addr::LOCALHOST) {
         assert!(!name.is_empty());
     }
+}
+
+#[test]
+fn thresholds_columns_as_ipvsadm_prints_them() {
+    let mut r = real("192.168.1.181", 80, 1, 3, 7);
+    r.u_threshold = 10000;
+    let s = svc(Protocol::Tcp, "192.168.1.100", 80, "wlc", vec![r]);
+    let opts = ListOptions {
+        numeric: true,
+        columns: Columns::Thresholds,
+        ..ListOptions::default()
+    };
+    let out = list(&[s], &opts, 4096, &NumericResolver);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[1],
+        "Prot LocalAddress:Port            Uthreshold Lthreshold ActiveConn InActConn "
+    );
+    assert_eq!(lines[2], "  -> RemoteAddress:Port");
+    assert_eq!(lines[3], "TCP  192.168.1.100:80 wlc");
+    assert_eq!(
+        lines[4],
+        "  -> 192.168.1.181:80             10000      0          3          7         "
+    );
 }

@@ -864,10 +864,10 @@ fn refusals() {
         SCHED_FLAGS_UNSUPPORTED,
     );
     err2("-A -u 198.18.0.100:53 -o", OPS_UNSUPPORTED);
-    err2(&format!("{a} -x 5"), UTHRESHOLD_UNSUPPORTED);
-    err2(&format!("{a} -x 0"), UTHRESHOLD_UNSUPPORTED);
-    err2(&format!("{a} -y 5"), LTHRESHOLD_UNSUPPORTED);
-    err2(&format!("{a} -y 1 -x 2"), LTHRESHOLD_UNSUPPORTED);
+    let t = ok(&format!("{a} -y 1 -x 2"));
+    assert_eq!((t.u_threshold, t.l_threshold), (2, 1));
+    let t = ok(&format!("{a} -x 0"));
+    assert_eq!((t.u_threshold, t.l_threshold), (0, 0));
     // The default mask is fine, in any spelling inet_aton takes.
     assert!(p("-A -t 198.18.0.100:80 -p -M 255.255.255.255").is_ok());
     assert!(p("-A -t 198.18.0.100:80 -M 0xffffffff").is_ok());
@@ -906,8 +906,6 @@ fn refusals() {
         PE_UNSUPPORTED,
         SCHED_FLAGS_UNSUPPORTED,
         OPS_UNSUPPORTED,
-        UTHRESHOLD_UNSUPPORTED,
-        LTHRESHOLD_UNSUPPORTED,
         IPV6_UNSUPPORTED,
         SET_UNSUPPORTED,
         DAEMON_UNSUPPORTED,
@@ -1157,7 +1155,10 @@ fn usage_and_version_text() {
         "--tcp-service|-t",
         "--udp-service|-u",
         "--ipip         -i",
-        "one of rr|wrr|mh,",
+        "one of rr|wrr|lc|wlc|sed|nq|mh,",
+        "the default scheduler is wlc.",
+        "--u-threshold  -x uthreshold",
+        "--thresholds",
         "-p [timeout]",
         "--restore         -R",
         "--persistent-conn",

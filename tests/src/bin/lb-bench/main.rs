@@ -192,8 +192,8 @@ fn director(object: &[u8], pins: &std::path::Path) -> Result<Ebpf> {
         .map_max_entries(lb_common::MAP_CONNS_NEW, sizes.unconfirmed)
         .load(object)?;
     xdp(&mut lb, lb_common::PROG_LB)?.load()?;
-    if !pins.join(lb_common::MAP_CONNS_NEW).exists() {
-        // A baseline from before layout 3: this build's maps beside its own, unused by it, so
+    if !pins.join(lb_common::MAP_REAL_CONNS).exists() {
+        // A baseline from before layout 4: this build's maps beside its own, unused by it, so
         // that `Maps` opens the pin directory.
         datapath::load(
             pins,
@@ -205,8 +205,11 @@ fn director(object: &[u8], pins: &std::path::Path) -> Result<Ebpf> {
     Ok(lb)
 }
 
+/// The port of the bench's wlc service (the same reals as VIP:6033's wrr).
+const WLC_PORT: u16 = 6034;
+
 /// The bench's director configuration on the maps under `pins`: the tunnel source, and VIP:6033
-/// over REAL1 and REAL2 at weights 3:1 (wrr).
+/// over REAL1 and REAL2 at weights 3:1 (wrr); VIP:6034 the same under wlc.
 pub(crate) fn configure(pins: &std::path::Path, nr_cpus: u32) -> Result<()> {
     let mut maps = Maps::open(pins)?;
     maps.config.set(
@@ -218,25 +221,21 @@ pub(crate) fn configure(pins: &std::path::Path, nr_cpus: u32) -> Result<()> {
         },
         0,
     )?;
-    maps.apply(&[VirtualService {
+    let service = |port, sched| VirtualService {
         id: ServiceId {
             proto: Protocol::Tcp,
             addr: VIP,
-            port: 6033,
+            port,
         },
-        sched: Scheduler::Wrr,
+        sched,
         persistence: 0,
-        reals: vec![
-            RealServer {
-                addr: REAL1,
-                weight: 3,
-            },
-            RealServer {
-                addr: REAL2,
-                weight: 1,
-            },
-        ],
-    }])?;
+        reals: vec![RealServer::new(REAL1, 3), RealServer::new(REAL2, 1)],
+    };
+    maps.apply(&[
+        service(6033, Scheduler::Wrr),
+        // The same reals under wlc, for the new-flow cost of the least-connection walk.
+        service(WLC_PORT, Scheduler::Wlc),
+    ])?;
     Ok(())
 }
 
@@ -287,6 +286,7 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
 
     let est = packet::client_tcp(CLIENT, 40000, VIP, 6033, TCP_ACK | TCP_PSH, &[0x42; 10]);
     let syn = packet::client_tcp(CLIENT, 40001, VIP, 6033, TCP_SYN, b"");
+    let syn_wlc = packet::client_tcp(CLIENT, 40001, VIP, WLC_PORT, TCP_SYN, b"");
     let other = packet::client_tcp(
         CLIENT,
         40002,
@@ -353,6 +353,11 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
             "next-hop map",
             Case::Direct("bench_nhmap", XDP_PASS),
             est.clone(),
+        ),
+        (
+            "wrapper->lb new flow, wlc",
+            Case::Wrapped("lb", XDP_TX, true),
+            syn_wlc,
         ),
     ];
     if base_fd.is_some() {
@@ -435,6 +440,7 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
     let floor = unwrap(wfloor);
     let est_c = unwrap(west);
     let new_c = unwrap(wnew);
+    let new_wlc = unwrap(med[8]);
     println!(
         "lb-bench: BPF_PROG_TEST_RUN, repeat {} x {} interleaved rounds, CPU 0, medians",
         args.repeat, args.rounds
@@ -471,6 +477,12 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
         new_c / floor
     );
     println!(
+        "  {:<32} {:>9.1} {:>9.2} x (b)",
+        "(b') new flow, wlc (2 reals)",
+        new_wlc,
+        new_wlc / new_c
+    );
+    println!(
         "  {:<32} {:>9.1} {:>9.2} x (e)",
         "(c) non-VIP packet",
         nonvip,
@@ -496,9 +508,9 @@ fn bench(args: &Args, ifindex: u32, mac: [u8; 6]) -> Result<()> {
             args.rounds
         );
         for (label, now, before, wrapped) in [
-            ("established flow", 3, 8, true),
-            ("new flow every packet", 4, 9, true),
-            ("non-VIP packet", 5, 10, false),
+            ("established flow", 3, 9, true),
+            ("new flow every packet", 4, 10, true),
+            ("non-VIP packet", 5, 11, false),
         ] {
             let w = if wrapped {
                 mean(&samples[1]) - mean(&samples[0])

@@ -245,7 +245,7 @@ fn main() -> Result<()> {
         }
         if t == more_at && t + 3 < a.seconds {
             println!(
-                "     | >>> 4 more sysbench clients connect: wrr spreads new connections over both reals again"
+                "     | >>> 4 more sysbench clients connect: wlc gives them to real2, which has fewer connections"
             );
             second = Some(Sysbench::start(
                 my.bed.client(),
@@ -327,7 +327,7 @@ fn main() -> Result<()> {
         view[0].counters.conns, view[1].counters.conns
     );
     println!(
-        "(real2's ActiveConn stays above 0 after the kill: the director sees only the inbound half, so\n          connections the dead server could not close expire after their timeout, as in IPVS)"
+        "(real2's ActiveConn stays above 0 after the kill: the director sees only the inbound half, so\n connections the dead server could not close expire after their timeout, as in IPVS; wlc counts\n those idle since real2 went DOWN as inactive, so the new clients still went to real2)"
     );
     drop(maps);
     drop(my);

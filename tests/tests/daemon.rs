@@ -266,6 +266,13 @@ fn dead_backend_is_quiesced_and_restored() {
         metrics.contains(&format!("lbadm_real_weight{} 0\n", labels("198.18.0.11"))),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(&format!(
+            "lbadm_real_overloaded{} 0\n",
+            labels("198.18.0.11")
+        )) && metrics.contains("# TYPE lbadm_real_active_connections gauge\n"),
+        "{metrics}"
+    );
     let conns: u64 = metrics
         .lines()
         .find_map(|l| {
@@ -921,6 +928,73 @@ fn a_replaced_data_path_gets_the_configuration_again() {
     // And it serves: a connection through the VIP is answered.
     let vip = SocketAddrV4::new(bed.vip(), 6033);
     lb_tests::testbed::tcp_echo_request(bed.client(), vip, b"hello\n").unwrap();
+    assert!(daemon.kill().is_ok());
+    detach(&bed, &pins.0);
+}
+
+/// A real that comes back UP ramps its weight over `slow_start` (the service's weights are
+/// scaled ×100 meanwhile), `lbadm status` shows the ramp, and at its end the configured
+/// weights are back. Thresholds from the file reach the maps.
+#[test]
+fn slow_start_ramps_a_real_back() {
+    let (bed, pins, _pass, _decap) = bed("dss", false);
+    let mut servers = bed.start_echo_servers(6033).unwrap();
+    let files = Files::new("slowstart");
+    std::fs::write(
+        files.config(),
+        format!(
+            "{}[[service]]\nvip = \"198.18.0.100\"\nport = 6033\nslow_start = \"3s\"\n[service.check]\ntype = \"tcp\"\n{FAST}\
+             [[service.real]]\naddress = \"198.18.0.11\"\nweight = 1\nmax_conns = 50\nmin_conns = 40\n\
+             [[service.real]]\naddress = \"198.18.0.12\"\nweight = 1\n",
+            header(&pins.0, &files)
+        ),
+    )
+    .unwrap();
+    let daemon = start_daemon(&bed, &pins.0, &files);
+    let d = bed.director();
+    let w1 = || weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.11");
+    let w2 = || weight_of(d, &pins.0, "198.18.0.100:6033", "198.18.0.12");
+    wait_until("configured", Duration::from_secs(10), || {
+        lbadm(d, &pins.0, &["-L", "-n"]).status.success() && weights(d, &pins.0).len() == 2
+    });
+    // No ramp at start: the reals are new with their service.
+    assert_eq!((w1(), w2()), (Some(1), Some(1)));
+    let thresholds = ok(lbadm(d, &pins.0, &["-L", "-n", "--thresholds"]));
+    assert!(
+        thresholds.contains("  -> 198.18.0.11:6033             50         40"),
+        "{thresholds}"
+    );
+    drop(servers.remove(0));
+    wait_until("real1 quiesced", Duration::from_secs(5), || w1() == Some(0));
+    let _back = tcp_echo_server(
+        bed.real(1),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 6033),
+        "real1",
+    )
+    .unwrap();
+    // Back UP: a fraction of the scaled weight, the other real at 1 × 100.
+    wait_until("real1 ramping", Duration::from_secs(5), || {
+        matches!(w1(), Some(1..=99)) && w2() == Some(100)
+    });
+    let first = w1().unwrap();
+    let status = ok(lbadm(
+        d,
+        &pins.0,
+        &["status", "--status-file", files.status().to_str().unwrap()],
+    ));
+    assert!(status.contains("slow start "), "{status}");
+    wait_until("real1 ramps up", Duration::from_secs(3), || {
+        w1().is_some_and(|w| w > first && w < 100)
+    });
+    // Done: the configured weights again.
+    wait_until("ramp over", Duration::from_secs(5), || {
+        (w1(), w2()) == (Some(1), Some(1))
+    });
+    assert!(
+        files.log_text().contains("slow start done"),
+        "{}",
+        files.log_text()
+    );
     assert!(daemon.kill().is_ok());
     detach(&bed, &pins.0);
 }

@@ -71,7 +71,8 @@ trap 'exit 1' INT TERM HUP
 for tool in ip ipvsadm ethtool nsenter timeout lbadm "$PY"; do
   command -v "$tool" >/dev/null || fail "$tool is not installed"
 done
-modprobe ipip && modprobe ip_vs && modprobe ip_vs_rr || fail "cannot load ipip / ip_vs / ip_vs_rr"
+modprobe ipip && modprobe ip_vs && modprobe ip_vs_rr && modprobe ip_vs_wlc ||
+  fail "cannot load ipip / ip_vs / ip_vs_rr / ip_vs_wlc"
 for n in client director real1 real2 br; do
   ip netns list | grep -q "^$NS-$n\b" && fail "namespace $NS-$n exists already (a previous run?)"
 done
@@ -285,6 +286,83 @@ while [ $r -le "$ROUNDS" ]; do
   r=$((r + 1))
 done
 
+# --- wlc, side by side -----------------------------------------------------------------------
+# Held connections through each director under wlc, ipvsadm's default: where each new one lands
+# (the counts, the weights, a quiesced real coming back, ties) must be the same sequence under
+# kernel IPVS and under lbadm.
+cat >"$T/held.py" <<'EOF'
+import socket, sys, time
+# Commands on stdin: "open N" opens N connections (held; one at a time, so that each handshake
+# has reached the director before the next SYN), "close" ends them all and prints the real that
+# answered each, in order. Each command answers one line.
+host, port = sys.argv[1], int(sys.argv[2])
+held = []
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "open":
+        for _ in range(int(cmd[1])):
+            held.append(socket.create_connection((host, port), timeout=10))
+            time.sleep(0.2)
+        print("opened %d" % len(held), flush=True)
+    elif cmd[0] == "close":
+        names = []
+        for s in held:
+            s.shutdown(socket.SHUT_WR)
+            reply = b""
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    break
+                reply += b
+            s.close()
+            names.append(reply.decode().split()[0] if reply else "none")
+        print(" ".join(names), flush=True)
+        held = []
+EOF
+# ask CMD N: sends CMD to held.py and waits for its N-th line of answers.
+ask() {
+  echo "$1" >&3
+  i=0
+  until [ "$(wc -l <"$T/held.out")" -ge "$2" ]; do
+    i=$((i + 1))
+    [ $i -le 600 ] || { cat "$T/held.err"; return 1; }
+    sleep 0.1
+  done
+}
+# wlc_sequence KIND: the reals of 14 held connections through KIND (ipvs | lbadm), one line.
+wlc_sequence() {
+  if [ "$1" = ipvs ]; then dir() { in_ns director ipvsadm "$@"; }; else dir() { lbadm_dir "$@"; }; fi
+  rm -f "$T/held.in" "$T/held.out"
+  mkfifo "$T/held.in" || return 1
+  ip netns exec "$NS-client" "$PY" "$T/held.py" "$VIP" "$PORT" <"$T/held.in" >"$T/held.out" 2>"$T/held.err" &
+  hp=$!
+  exec 3>"$T/held.in"
+  dir -A -t "$VIP:$PORT" &&
+    dir -a -t "$VIP:$PORT" -r 198.18.0.11 -i -w 1 &&
+    dir -a -t "$VIP:$PORT" -r 198.18.0.12 -i -w 0 &&
+    ask "open 4" 1 &&
+    dir -e -t "$VIP:$PORT" -r 198.18.0.12 -i -w 1 &&
+    ask "open 6" 2 &&
+    dir -e -t "$VIP:$PORT" -r 198.18.0.11 -i -w 3 &&
+    ask "open 4" 3 &&
+    ask "close" 4
+  ok=$?
+  exec 3>&-
+  wait "$hp" 2>/dev/null
+  [ $ok = 0 ] && sed -n 4p "$T/held.out"
+}
+ipvs_seq=$(wlc_sequence ipvs)
+in_ns director ipvsadm -C
+lbadm_dir attach --iface eth0 >/dev/null 2>&1 || { problems=$((problems + 1)); say "ERROR: lbadm attach for wlc failed"; }
+lbadm_seq=$(wlc_sequence lbadm)
+lbadm_dir detach >/dev/null 2>&1
+say "wlc, kernel IPVS: ${ipvs_seq:-(failed)}"
+say "wlc, lbadm:       ${lbadm_seq:-(failed)}"
+if [ -z "$ipvs_seq" ] || [ "$ipvs_seq" != "$lbadm_seq" ]; then
+  problems=$((problems + 1))
+  say "ERROR: wlc placed the held connections differently from kernel IPVS"
+fi
+
 # --- summary ---------------------------------------------------------------------------------
 "$PY" - "$T/results" "$CONNS" "$BULK_N" "$BULK_BYTES" <<'EOF'
 import sys
@@ -332,7 +410,7 @@ EOF
 elapsed=$(($(date +%s) - started))
 runs=$(grep -c '^mode=ipvs\|^mode=lbadm' "$T/results")
 if [ "$problems" = 0 ] && [ "$runs" = $((2 * ROUNDS)) ]; then
-  say "PASS: kernel IPVS and lbadm each delivered all $CONNS connections and $BULK_N uploads in each of $ROUNDS rounds (${elapsed} s)"
+  say "PASS: kernel IPVS and lbadm each delivered all $CONNS connections and $BULK_N uploads in each of $ROUNDS rounds, and placed 14 held connections alike under wlc (${elapsed} s)"
 else
   fail "$problems problem(s) (see ERROR lines above)"
 fi

@@ -106,6 +106,7 @@ pub fn text(
                 format!("{},real=\"{}\"", svc_label(&s.spec.id), r.addr),
                 maps.real_stats(slot)?,
                 r.weight,
+                maps.real_conns(slot)?,
             ));
         }
     }
@@ -125,7 +126,7 @@ pub fn text(
         }
         let _ = writeln!(out, "# HELP lbadm_real_{name}_total Real server: {help}.");
         let _ = writeln!(out, "# TYPE lbadm_real_{name}_total counter");
-        for (l, c, _) in &real_rows {
+        for (l, c, _, _) in &real_rows {
             let _ = writeln!(out, "lbadm_real_{name}_total{{{l}}} {}", pick(c));
         }
     }
@@ -134,8 +135,40 @@ pub fn text(
         "# HELP lbadm_real_weight Real server weight in the maps (0 = quiesced)."
     );
     let _ = writeln!(out, "# TYPE lbadm_real_weight gauge");
-    for (l, _, w) in &real_rows {
+    for (l, _, w, _) in &real_rows {
         let _ = writeln!(out, "lbadm_real_weight{{{l}}} {w}");
+    }
+    for (name, help, f) in [
+        (
+            "active_connections",
+            "established connections, as the least-connection schedulers count them",
+            0usize,
+        ),
+        (
+            "inactive_connections",
+            "connections in any other state, as the schedulers count them",
+            1,
+        ),
+        (
+            "overloaded",
+            "1 while at or over its upper threshold (-x, max_conns): no new connection",
+            2,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP lbadm_real_{name} Real server: {help}.");
+        let _ = writeln!(out, "# TYPE lbadm_real_{name} gauge");
+        for (l, _, _, rc) in &real_rows {
+            let (active, inactive) = rc.counts();
+            // What the next new connection would find (the flag is written when one comes).
+            let over = lb_common::overloaded(
+                rc.overloaded != 0,
+                active.saturating_add(inactive),
+                rc.u_threshold,
+                rc.l_threshold,
+            );
+            let v = [active, inactive, u32::from(over)][f];
+            let _ = writeln!(out, "lbadm_real_{name}{{{l}}} {v}");
+        }
     }
     let _ = writeln!(
         out,

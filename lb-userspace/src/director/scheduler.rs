@@ -118,8 +118,11 @@ pub fn build(sched: Scheduler, reals: &[Candidate]) -> Vec<u32> {
         return Vec::new();
     }
     match sched {
-        Scheduler::Rr | Scheduler::Lc | Scheduler::Wlc | Scheduler::Sed | Scheduler::Nq => {
-            live.iter().map(|r| r.id).take(SCHED_SLOTS).collect()
+        Scheduler::Rr => live.iter().map(|r| r.id).take(SCHED_SLOTS).collect(),
+        // IPVS walks a service's destinations newest first (`list_add_rcu` puts a new one at
+        // the head), so among equals the real added last wins: the table lists them so.
+        Scheduler::Lc | Scheduler::Wlc | Scheduler::Sed | Scheduler::Nq => {
+            live.iter().rev().map(|r| r.id).take(SCHED_SLOTS).collect()
         }
         Scheduler::Wrr => smooth_wrr(&live),
         Scheduler::Mh => maglev(&live, MH_TABLE_LEN as usize),
@@ -140,7 +143,8 @@ pub struct Load {
 /// The pick of `lc`, `wlc`, `sed` or `nq` among `reals` (in table order), as IPVS defines them
 /// and the data path computes them: `lc` the fewest `active * 256 + inactive`, `wlc` that per
 /// unit of weight, `sed` the fewest `(active + 1) / weight`, `nq` an idle real at once, else as
-/// `sed`. Quiescent (weight 0) and overloaded reals are passed over; the first of equals wins.
+/// `sed`. Quiescent (weight 0) and overloaded reals are passed over; the first of equals wins
+/// (tables list the reals newest first, as IPVS walks them).
 pub fn least(sched: Scheduler, reals: &[Load]) -> Option<u32> {
     let mut best: Option<(&Load, u64)> = None;
     for r in reals.iter().filter(|r| r.weight > 0 && !r.overloaded) {
@@ -338,7 +342,11 @@ mod tests {
     #[test]
     fn least_connection_tables_list_the_live_reals() {
         for s in [Scheduler::Lc, Scheduler::Wlc, Scheduler::Sed, Scheduler::Nq] {
-            assert_eq!(build(s, &[c(4, 5), c(2, 0), c(9, 1)]), vec![4, 9]);
+            assert_eq!(
+                build(s, &[c(4, 5), c(2, 0), c(9, 1)]),
+                vec![9, 4],
+                "newest first"
+            );
         }
         assert_eq!(Scheduler::DEFAULT, Scheduler::Wlc);
         for s in Scheduler::ALL {

@@ -8,7 +8,11 @@ use crate::{
     conntrack::{NS_PER_SEC, real_valid},
     maps::{CONFIG, CURSORS, PERSIST, REALS, SERVICES, TABLES, report},
 };
-use aya_ebpf::helpers::{bpf_get_smp_processor_id, generated::bpf_loop};
+use aya_ebpf::{
+    helpers::{bpf_get_smp_processor_id, generated::bpf_loop},
+    macros::map,
+    maps::PerCpuArray,
+};
 use core::ffi::c_void;
 use lb_common::{
     Conn, ConnKey, Persist, PersistKey, REAL_F_IN_USE, Real, Reason, SCHED_LC, SCHED_MH, SCHED_NQ,
@@ -144,23 +148,11 @@ fn schedule(key: &ConnKey, svc: &Service, flooding: bool) -> Result<(u32, Real),
 /// an overloaded real the same way).
 #[inline(always)]
 fn next_available(svc: &Service, slot: u32, len: u32) -> Result<(u32, Real), Reason> {
-    let mut walk = Walk {
-        table_idx: svc.id * 2 + (svc.table & 1),
-        svc_id: svc.id,
-        sched: svc.sched,
-        start: slot + 1,
-        len,
-        found: 0,
-        best_id: 0,
-        best_weight: 0,
-        best_overhead: 0,
-    };
-    run_loop(len - 1, next_step as *mut c_void, &mut walk);
-    found(&walk)
+    walk(svc, slot + 1, len, len - 1, next_step as *mut c_void)
 }
 
-/// IPVS's least-connection schedulers over the reals the table lists (in service order; the
-/// first of equals wins, as in IPVS):
+/// IPVS's least-connection schedulers over the reals the table lists (newest first, as IPVS
+/// walks them; the first of equals wins, as in IPVS):
 /// - `lc`: fewest `active * 256 + inactive` (`ip_vs_dest_conn_overhead`);
 /// - `wlc`: the same divided by the weight;
 /// - `sed`: fewest `(active + 1) / weight` (shortest expected delay);
@@ -171,24 +163,16 @@ fn next_available(svc: &Service, slot: u32, len: u32) -> Result<(u32, Real), Rea
 /// to [`SCHED_SLOTS`] reals would exceed its budget.
 #[inline(always)]
 fn least(svc: &Service, len: u32) -> Result<(u32, Real), Reason> {
-    let mut walk = Walk {
-        table_idx: svc.id * 2 + (svc.table & 1),
-        svc_id: svc.id,
-        sched: svc.sched,
-        start: 0,
-        len,
-        found: 0,
-        best_id: 0,
-        best_weight: 0,
-        best_overhead: 0,
-    };
-    run_loop(len, least_step as *mut c_void, &mut walk);
-    found(&walk)
+    walk(svc, 0, len, len, least_step as *mut c_void)
 }
 
-/// The state of a walk over a scheduling table, on the caller's stack.
+/// The state of a walk over a scheduling table. It lives in a per-CPU map, not on the stack:
+/// verifiers before Linux 6.7 check a `bpf_loop` callback as if it ran once, from the state the
+/// caller left, and would take a field the caller set to a constant (`found = 0`) for that
+/// constant in every iteration, removing the branches that depend on earlier ones. A value read
+/// from a map is unknown to the verifier, as it must be.
 #[repr(C)]
-struct Walk {
+pub struct Walk {
     table_idx: u32,
     svc_id: u32,
     sched: u8,
@@ -200,18 +184,39 @@ struct Walk {
     best_overhead: u64,
 }
 
-#[inline(always)]
-fn run_loop(n: u32, step: *mut c_void, walk: &mut Walk) {
-    unsafe { bpf_loop(n, step, (walk as *mut Walk).cast(), 0) };
-}
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
+/// Runs `step` over `n` slots of the service's live table, from slot `start`.
 #[inline(always)]
-fn found(walk: &Walk) -> Result<(u32, Real), Reason> {
-    if walk.found == 0 {
+fn walk(
+    svc: &Service,
+    start: u32,
+    len: u32,
+    n: u32,
+    step: *mut c_void,
+) -> Result<(u32, Real), Reason> {
+    let w = WALK.get_ptr_mut(0).ok_or(Reason::NoRealUnreach)?;
+    unsafe {
+        *w = Walk {
+            table_idx: svc.id * 2 + (svc.table & 1),
+            svc_id: svc.id,
+            sched: svc.sched,
+            found: 0,
+            start,
+            len,
+            best_id: 0,
+            best_weight: 0,
+            best_overhead: 0,
+        };
+        bpf_loop(n, step, core::ptr::null_mut(), 0);
+    }
+    let w = unsafe { &*w };
+    if w.found == 0 {
         return Err(Reason::NoRealUnreach);
     }
-    let real = REALS.get(walk.best_id).ok_or(Reason::NoRealUnreach)?;
-    Ok((walk.best_id, *real))
+    let real = REALS.get(w.best_id).ok_or(Reason::NoRealUnreach)?;
+    Ok((w.best_id, *real))
 }
 
 /// The real in slot `i` of the walked table, if it can take a connection at all.
@@ -227,8 +232,11 @@ fn candidate(walk: &Walk, i: u32) -> Option<(u32, Real)> {
 }
 
 /// One step of [`next_available`]: stops at the first real not overloaded.
-extern "C" fn next_step(i: u64, ctx: *mut c_void) -> i64 {
-    let walk = unsafe { &mut *(ctx as *mut Walk) };
+extern "C" fn next_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(walk) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    let walk = unsafe { &mut *walk };
     if walk.len == 0 {
         return 1;
     }
@@ -245,8 +253,11 @@ extern "C" fn next_step(i: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// One step of [`least`].
-extern "C" fn least_step(i: u64, ctx: *mut c_void) -> i64 {
-    let walk = unsafe { &mut *(ctx as *mut Walk) };
+extern "C" fn least_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(walk) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    let walk = unsafe { &mut *walk };
     let Some((id, real)) = candidate(walk, i as u32) else {
         return 0;
     };

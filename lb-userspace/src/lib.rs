@@ -9,6 +9,7 @@
 pub mod daemon;
 pub mod director;
 pub mod ipvsadm;
+pub mod manual;
 pub mod realserver;
 pub mod sys;
 

@@ -76,13 +76,23 @@ const APT_PACKAGES: &[AptPackage] = &[
         purpose: "VRRP between two directors in the fleet tests (its LVS part is not used)",
     },
     AptPackage {
+        name: "man-db",
+        required: true,
+        purpose: "`man -l` and groff, which the install tests read the generated man pages with",
+    },
+    AptPackage {
+        name: "systemd",
+        required: true,
+        purpose: "`systemd-analyze verify` and `security`, which the install tests check the units with",
+    },
+    AptPackage {
         name: "bpftool",
         required: false,
         purpose: "inspect loaded BPF programs and maps",
     },
 ];
 
-const STEPS: usize = 3;
+const STEPS: usize = 4;
 
 fn step(n: usize, msg: impl std::fmt::Display) {
     eprintln!("setup: [{n}/{STEPS}] {msg}");
@@ -93,6 +103,7 @@ pub fn setup(ctx: &Ctx) -> Result<()> {
     let toolchain = ensure_toolchain(ctx)?;
     ensure_bpf_linker(ctx, &toolchain)?;
     ensure_apt_packages(ctx)?;
+    ensure_cargo_deb(ctx)?;
     eprintln!("setup: done in {:.2} s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -608,4 +619,35 @@ mod tests {
         assert_eq!(llvm_major_of_lib("libLLVM.so"), None);
         assert_eq!(llvm_major_of_lib("libc.so.6"), None);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. cargo-deb, which `cargo xtask package` (and its test) builds the Debian package with.
+
+/// The cargo-deb release installed (`--locked`: its own lock file).
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+fn ensure_cargo_deb(ctx: &Ctx) -> Result<()> {
+    let version = cmd::stdout(Command::new(&ctx.cargo).args(["deb", "--version"])).ok();
+    if let Some(v) = version.filter(|v| v.contains(CARGO_DEB_VERSION)) {
+        step(4, format_args!("cargo-deb: present ({})", v.trim()));
+        return Ok(());
+    }
+    step(
+        4,
+        format_args!("cargo-deb: installing {CARGO_DEB_VERSION} (~2 minutes)"),
+    );
+    fs::create_dir_all(&ctx.cache_dir)?;
+    let mut install = Command::new(&ctx.cargo);
+    install
+        .args([
+            "install",
+            &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+            "--locked",
+        ])
+        .arg("--root")
+        .arg(&ctx.cargo_home)
+        .current_dir(&ctx.cache_dir)
+        .stdin(Stdio::null());
+    ctx.run(&mut install).context("installing cargo-deb")
 }

@@ -110,6 +110,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RealserverCmd,
     },
+    /// Write the manual (man pages) or a shell's completion script, for packaging.
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: GenerateCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenerateCmd {
+    /// The man pages (lbadm.8, lbadm-VERB.8, lbadm.toml.5), into DIR.
+    Man { dir: PathBuf },
+    /// The completion script of SHELL, on standard output.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -272,7 +286,10 @@ fn run_allow(cmd: AllowCmd, pin_dir: &std::path::Path) -> anyhow::Result<()> {
 /// lbadm's own commands, for the end of ipvsadm's usage text.
 fn own_commands() -> String {
     let mut out = String::from("\nlbadm's own commands (lbadm COMMAND --help for each):\n");
-    for c in Cli::command().get_subcommands() {
+    for c in Cli::command()
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+    {
         let about = c.get_about().map(|a| a.to_string()).unwrap_or_default();
         let first = about.split(['.', ':']).next().unwrap_or_default().trim();
         out.push_str(&format!("  {:<11} {first}\n", c.get_name()));
@@ -303,12 +320,37 @@ fn ipvsadm(args: &[String], pin_dir: Option<PathBuf>) -> ExitCode {
     ExitCode::from(out.code as u8)
 }
 
+fn generate(what: GenerateCmd) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use lb_userspace::manual;
+    match what {
+        GenerateCmd::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let usage = lb_userspace::ipvsadm::grammar::usage("lbadm") + &own_commands();
+            for (name, page) in manual::man_pages(Cli::command(), &usage)? {
+                let path = dir.join(&name);
+                std::fs::write(&path, page)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        GenerateCmd::Completions { shell } => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&manual::completions(Cli::command(), shell))?;
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let pin = cli
         .pin_dir
         .unwrap_or_else(|| bpffs::default_pin_dir("lbadm"));
     match cli.cmd {
         Cmd::Realserver { cmd } => return run_realserver(cmd, &pin),
+        Cmd::Generate { what } => {
+            generate(what)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::Attach {
             iface,
             tunnel_source,

@@ -600,27 +600,6 @@ fn in_archive(name: &str) -> Result<bool> {
         .is_some_and(|candidate| candidate.trim() != "(none)"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::llvm_major_of_lib;
-
-    #[test]
-    fn llvm_major_from_library_names() {
-        assert_eq!(
-            llvm_major_of_lib("libLLVM.so.22.1-rust-1.97.0-nightly"),
-            Some(22)
-        );
-        assert_eq!(
-            llvm_major_of_lib("libLLVM-22-rust-1.97.0-nightly.so"),
-            Some(22)
-        );
-        assert_eq!(llvm_major_of_lib("libLLVM-19.so.1"), Some(19));
-        assert_eq!(llvm_major_of_lib("libLLVM.so.21"), Some(21));
-        assert_eq!(llvm_major_of_lib("libLLVM.so"), None);
-        assert_eq!(llvm_major_of_lib("libc.so.6"), None);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 4. cargo-deb, which `cargo xtask package` (and its test) builds the Debian package with.
 
@@ -650,4 +629,25 @@ fn ensure_cargo_deb(ctx: &Ctx) -> Result<()> {
         .current_dir(&ctx.cache_dir)
         .stdin(Stdio::null());
     ctx.run(&mut install).context("installing cargo-deb")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::llvm_major_of_lib;
+
+    #[test]
+    fn llvm_major_from_library_names() {
+        assert_eq!(
+            llvm_major_of_lib("libLLVM.so.22.1-rust-1.97.0-nightly"),
+            Some(22)
+        );
+        assert_eq!(
+            llvm_major_of_lib("libLLVM-22-rust-1.97.0-nightly.so"),
+            Some(22)
+        );
+        assert_eq!(llvm_major_of_lib("libLLVM-19.so.1"), Some(19));
+        assert_eq!(llvm_major_of_lib("libLLVM.so.21"), Some(21));
+        assert_eq!(llvm_major_of_lib("libLLVM.so"), None);
+        assert_eq!(llvm_major_of_lib("libc.so.6"), None);
+    }
 }

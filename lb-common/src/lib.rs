@@ -252,6 +252,18 @@ impl RealConns {
     pub const fn counts(&self) -> (u32, u32) {
         (clamp_count(self.active), clamp_count(self.inactive))
     }
+
+    /// Whether the real is over its threshold for the next new connection: [`overloaded`] from
+    /// the state the last one left.
+    pub const fn overloaded_now(&self) -> bool {
+        let (active, inactive) = self.counts();
+        overloaded(
+            self.overloaded != 0,
+            active.saturating_add(inactive),
+            self.u_threshold,
+            self.l_threshold,
+        )
+    }
 }
 
 const fn clamp_count(v: u64) -> u32 {

@@ -68,6 +68,18 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
+/// The connection-table key of a TCP flow from `CLIENT:sport` to `VIP:port`.
+pub fn client_key(sport: u16, port: u16) -> lb_common::ConnKey {
+    lb_common::ConnKey {
+        saddr: u32::from_ne_bytes(CLIENT.octets()),
+        daddr: u32::from_ne_bytes(VIP.octets()),
+        sport: sport.to_be(),
+        dport: port.to_be(),
+        proto: 6,
+        _pad: [0; 3],
+    }
+}
+
 /// One director program loaded with fresh pinned maps, plus the namespace it runs in.
 pub struct Fixture {
     pub ns: Netns,

@@ -29,14 +29,7 @@ fn svc(reals: &[Ipv4Addr]) -> VirtualService {
 }
 
 fn key(sport: u16) -> ConnKey {
-    ConnKey {
-        saddr: u32::from_ne_bytes(CLIENT.octets()),
-        daddr: u32::from_ne_bytes(VIP.octets()),
-        sport: sport.to_be(),
-        dport: PORT.to_be(),
-        proto: 6,
-        _pad: [0; 3],
-    }
+    client_key(sport, PORT)
 }
 
 fn send(f: &Fixture, sport: u16, flags: u8) -> Ipv4Addr {

@@ -1,7 +1,7 @@
 //! The least-connection schedulers, connection thresholds and the per-real connection counts
 //! they read, on crafted frames through `BPF_PROG_TEST_RUN`.
 
-use lb_common::{ConnKey, Reason};
+use lb_common::Reason;
 use lb_tests::{fixture::*, packet::*};
 use lb_userspace::director::{
     Protocol, RealServer, Scheduler, ServiceId, VirtualService, conntrack,
@@ -155,15 +155,7 @@ fn thresholds_stop_new_connections_at_the_upper_and_resume_below_the_lower() {
     // Connections that end stay counted (inactive) until their entries go; here they go as
     // an expiry or an eviction would take them, and the recount sees it.
     let gone = |f: &mut Fixture, sport: u16| {
-        let k = ConnKey {
-            saddr: u32::from_ne_bytes(CLIENT.octets()),
-            daddr: u32::from_ne_bytes(VIP.octets()),
-            sport: sport.to_be(),
-            dport: PORT.to_be(),
-            proto: 6,
-            _pad: [0; 3],
-        };
-        f.maps.conns.remove(&k).unwrap();
+        f.maps.conns.remove(&client_key(sport, PORT)).unwrap();
         conntrack::recount(&mut f.maps, &HashMap::new()).unwrap();
     };
     gone(&mut f, 42000);

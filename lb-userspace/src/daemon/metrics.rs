@@ -160,13 +160,7 @@ pub fn text(
         for (l, _, _, rc) in &real_rows {
             let (active, inactive) = rc.counts();
             // What the next new connection would find (the flag is written when one comes).
-            let over = lb_common::overloaded(
-                rc.overloaded != 0,
-                active.saturating_add(inactive),
-                rc.u_threshold,
-                rc.l_threshold,
-            );
-            let v = [active, inactive, u32::from(over)][f];
+            let v = [active, inactive, u32::from(rc.overloaded_now())][f];
             let _ = writeln!(out, "lbadm_real_{name}{{{l}}} {v}");
         }
     }

@@ -247,18 +247,12 @@ pub fn trace(maps: &Maps, q: &Query) -> Result<Trace, MapsError> {
                     let r = maps.reals.get(&id, 0).ok()?;
                     let c = maps.real_conns(id).ok()?;
                     let (active, inactive) = c.counts();
-                    let over = lb_common::overloaded(
-                        c.overloaded != 0,
-                        active.saturating_add(inactive),
-                        c.u_threshold,
-                        c.l_threshold,
-                    );
                     Some(Load {
                         id,
                         weight: r.weight,
                         active,
                         inactive,
-                        overloaded: over,
+                        overloaded: c.overloaded_now(),
                     })
                 })
                 .collect();

@@ -4,7 +4,7 @@
 //! Atomic adds on a shared array: no lock, and only new flows and state changes pay for them.
 use crate::{conntrack::real_valid, maps::REAL_CONNS};
 use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
-use lb_common::{CONN_ESTABLISHED, Conn, RealConns, overloaded};
+use lb_common::{CONN_ESTABLISHED, Conn, RealConns};
 
 /// Adds `delta` (wrapping: `u64::MAX` is -1) to the active or inactive count of a real. The
 /// BPF target has no `AtomicU64::fetch_add`; the intrinsic compiles to the atomic add
@@ -55,14 +55,8 @@ pub fn load(real_id: u32) -> Option<(u32, u32, bool)> {
     let rc = REAL_CONNS.get_ptr_mut(real_id)?;
     let rc: &mut RealConns = unsafe { &mut *rc };
     let (active, inactive) = rc.counts();
-    let was = rc.overloaded != 0;
-    let over = overloaded(
-        was,
-        active.saturating_add(inactive),
-        rc.u_threshold,
-        rc.l_threshold,
-    );
-    if over != was {
+    let over = rc.overloaded_now();
+    if over != (rc.overloaded != 0) {
         rc.overloaded = over as u32;
     }
     Some((active, inactive, over))

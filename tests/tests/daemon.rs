@@ -251,6 +251,26 @@ fn dead_backend_is_quiesced_and_restored() {
         r
     });
     assert!(metrics.starts_with("HTTP/1.0 200 OK\r\n"), "{metrics}");
+    // OpenMetrics text, which Prometheus negotiates for; the exposition ends with `# EOF`.
+    assert!(
+        metrics
+            .to_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{metrics}"
+    );
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    let other = d.run(|| {
+        let mut c = TcpStream::connect("127.0.0.1:9477").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /other HTTP/1.0\r\n\r\n").unwrap();
+        let mut r = String::new();
+        c.read_to_string(&mut r).unwrap();
+        r
+    });
+    assert!(
+        other.starts_with("HTTP/1.0 404 Not Found\r\n") && other.ends_with("try /metrics\n"),
+        "{other}"
+    );
     let labels = |real: &str| {
         format!("{{protocol=\"tcp\",vip=\"198.18.0.100\",port=\"6033\",real=\"{real}\"}}")
     };

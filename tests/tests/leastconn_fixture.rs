@@ -82,6 +82,32 @@ fn in_tables(f: &Fixture) -> HashMap<Ipv4Addr, (u32, u32)> {
     out
 }
 
+/// (active, inactive) per real address of every entry in the tables whose real is still in
+/// place, expired or not.
+fn held_in_tables(f: &Fixture) -> HashMap<Ipv4Addr, (u32, u32)> {
+    let mut by_slot: HashMap<u32, (u32, u32)> = HashMap::new();
+    for item in f.maps.conns.iter().chain(f.maps.conns_new.iter()) {
+        let (_, c) = item.unwrap();
+        let real = f.maps.reals.get(&c.real_id, 0).unwrap();
+        if real.flags & lb_common::REAL_F_IN_USE == 0 || real.generation != c.real_gen {
+            continue;
+        }
+        let e = by_slot.entry(c.real_id).or_default();
+        if c.state == lb_common::CONN_ESTABLISHED {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+    let mut out = HashMap::new();
+    for s in f.maps.read().unwrap() {
+        for (r, slot) in s.spec.reals.iter().zip(&s.real_slots) {
+            out.insert(r.addr, by_slot.get(slot).copied().unwrap_or((0, 0)));
+        }
+    }
+    out
+}
+
 #[test]
 fn wlc_fills_a_new_real_until_the_counts_meet() {
     let mut f = Fixture::new().unwrap();
@@ -244,7 +270,10 @@ fn counts_stay_true_to_the_tables_over_100k_connections() {
     let outs = f.run_all(&frames).unwrap();
     let took = started.elapsed();
     assert!(outs.iter().all(|o| o.action == XDP_TX));
-    let truth = in_tables(&f);
+    // Against every entry the tables hold, expired or not: the data path counts an entry out
+    // when it finds it dead, and on a slow machine (qemu) CLOSE entries pass their 10 s before
+    // the run ends, with no packet to find them. Those are the recount's, checked below.
+    let truth = held_in_tables(&f);
     let counts = counted(&f);
     let total: u64 = truth.values().map(|&(a, i)| (a + i) as u64).sum();
     let error: u64 = truth
@@ -255,7 +284,7 @@ fn counts_stay_true_to_the_tables_over_100k_connections() {
         })
         .sum();
     println!(
-        "{} frames in {took:?}; {total} live connections; counted {counts:?}; tables {truth:?}; error {error} ({:.4} %)",
+        "{} frames in {took:?}; {total} connections in the tables; counted {counts:?}; tables {truth:?}; error {error} ({:.4} %)",
         frames.len(),
         error as f64 * 100.0 / total as f64
     );

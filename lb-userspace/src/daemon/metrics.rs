@@ -1,22 +1,42 @@
 //! The Prometheus endpoint (`metrics = "ADDR:PORT"`): counters from the maps, health from the
-//! daemon, on `GET /metrics`.
+//! daemon, on `GET /metrics`. Served by axum; the exposition (OpenMetrics text) is written by
+//! prometheus-client from what one scrape reads, so every value is as fresh as the scrape.
 
 use super::{
     healthcheck::Health,
     sync::{ConnSync, SyncStatus},
 };
-use crate::director::{Maps, ServiceId};
+use crate::director::{Maps, ServiceId, conntrack::TableStatus};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
 use std::{
-    fmt::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// What the metrics endpoint knows about health, kept current by the daemon.
 pub type HealthSnapshot = Arc<Mutex<Vec<(ServiceId, Ipv4Addr, Health)>>>;
+
+/// OpenMetrics' content type, which Prometheus negotiates for.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+struct Endpoint {
+    pin_dir: PathBuf,
+    snapshot: HealthSnapshot,
+    sync: Option<Arc<ConnSync>>,
+}
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -24,281 +44,323 @@ pub async fn serve(
     snapshot: HealthSnapshot,
     sync: Option<Arc<ConnSync>>,
 ) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let (pin_dir, snapshot) = (pin_dir.clone(), snapshot.clone());
-        let sync = sync.as_ref().map(|s| s.status());
-        tokio::spawn(async move {
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n")
-            {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, s.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => req.extend_from_slice(&buf[..n]),
-                    _ => break,
-                }
-                if req.len() > 8192 {
-                    break;
-                }
-            }
-            let line = String::from_utf8_lossy(&req)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string();
-            let mut parts = line.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, body) = if method == "GET"
-                && (path == "/metrics" || path.starts_with("/metrics?"))
-            {
-                match tokio::task::spawn_blocking(move || text(&pin_dir, &snapshot, sync.as_ref()))
-                    .await
-                {
-                    Ok(Ok(b)) => ("200 OK", b),
-                    Ok(Err(e)) => (
-                        "500 Internal Server Error",
-                        format!("{}\n", crate::one_line(&e)),
-                    ),
-                    Err(e) => ("500 Internal Server Error", format!("{e}\n")),
-                }
-            } else {
-                ("404 Not Found", "not found: try /metrics\n".to_string())
-            };
-            let head = format!(
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body.as_bytes()).await;
-            let _ = s.shutdown().await;
-        });
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: try /metrics\n") })
+        .with_state(Arc::new(Endpoint {
+            pin_dir,
+            snapshot,
+            sync,
+        }));
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!("metrics endpoint stopped: {e}");
     }
 }
 
-/// Prometheus text format: counters from the maps, health gauges from the daemon.
+async fn scrape(State(e): State<Arc<Endpoint>>) -> Response {
+    let sync = e.sync.as_ref().map(|s| s.status());
+    let (pin_dir, snapshot) = (e.pin_dir.clone(), e.snapshot.clone());
+    // Reading the maps blocks: off the runtime's workers.
+    match tokio::task::spawn_blocking(move || text(&pin_dir, &snapshot, sync.as_ref())).await {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Ok(Err(err)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}\n", crate::one_line(&err)),
+        )
+            .into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response(),
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Counter(u64),
+    Gauge(i64),
+    /// A gauge that is not a whole number (seconds).
+    Real(f64),
+}
+
+/// One metric family (its name without `lbadm_`, and without `_total` for a counter: the
+/// encoder adds both) and its samples.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(Labels, Value)>,
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn one(name: &'static str, help: &'static str, v: Value) -> Family {
+        Family {
+            name,
+            help,
+            samples: vec![(Vec::new(), v)],
+        }
+    }
+
+    fn sample(mut self, labels: Labels, v: Value) -> Family {
+        self.samples.push((labels, v));
+        self
+    }
+
+    fn kind(&self) -> MetricType {
+        match self.samples.first().map(|s| s.1) {
+            Some(Value::Counter(_)) => MetricType::Counter,
+            _ => MetricType::Gauge,
+        }
+    }
+}
+
+/// What one scrape read, handed to prometheus-client to encode.
+#[derive(Debug)]
+struct Scrape(Vec<Family>);
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        fn put(v: Value, sample: MetricEncoder) -> Result<(), std::fmt::Error> {
+            match v {
+                Value::Counter(n) => ConstCounter::new(n).encode(sample),
+                Value::Gauge(n) => ConstGauge::new(n).encode(sample),
+                Value::Real(x) => ConstGauge::new(x).encode(sample),
+            }
+        }
+        for f in &self.0 {
+            let mut family = encoder.encode_descriptor(f.name, f.help, None, f.kind())?;
+            match f.samples.as_slice() {
+                // A single value without labels is written bare (`name 1`, not `name{} 1`).
+                [(labels, v)] if labels.is_empty() => put(*v, family)?,
+                samples => {
+                    for (labels, v) in samples {
+                        put(*v, family.encode_family(labels)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn exposition(families: Vec<Family>) -> anyhow::Result<String> {
+    let mut registry = Registry::with_prefix("lbadm");
+    registry.register_collector(Box::new(Scrape(families)));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+fn service_labels(id: &ServiceId) -> Labels {
+    vec![
+        ("protocol", id.proto.name().to_lowercase()),
+        ("vip", id.addr.to_string()),
+        ("port", id.port.to_string()),
+    ]
+}
+
+/// The exposition: counters and connection counts from the maps, health from the daemon, the
+/// connection tables, and sync when it runs.
 pub fn text(
     pin_dir: &Path,
     snapshot: &HealthSnapshot,
     sync: Option<&SyncStatus>,
 ) -> anyhow::Result<String> {
     let maps = Maps::open(pin_dir)?;
-    let services = maps.read()?;
-    let mut out = String::new();
-    let svc_label = |id: &ServiceId| {
-        format!(
-            "protocol=\"{}\",vip=\"{}\",port=\"{}\"",
-            id.proto.name().to_lowercase(),
-            id.addr,
-            id.port
-        )
-    };
-    let mut svc_rows = Vec::new();
-    let mut real_rows = Vec::new();
-    for s in &services {
-        svc_rows.push((svc_label(&s.spec.id), maps.service_stats(s.slot)?));
-        for (r, &slot) in s.spec.reals.iter().zip(&s.real_slots) {
-            real_rows.push((
-                format!("{},real=\"{}\"", svc_label(&s.spec.id), r.addr),
-                maps.real_stats(slot)?,
-                r.weight,
-                maps.real_conns(slot)?,
-            ));
-        }
-    }
-    for (name, help, f) in [
-        ("connections", "new connections scheduled", 0usize),
-        ("packets", "inbound packets forwarded", 1),
-        ("bytes", "inbound bytes forwarded", 2),
-    ] {
-        let pick = |c: &lb_common::Counters| [c.conns, c.packets, c.bytes][f];
-        let _ = writeln!(
-            out,
-            "# HELP lbadm_service_{name}_total Virtual service: {help}."
-        );
-        let _ = writeln!(out, "# TYPE lbadm_service_{name}_total counter");
-        for (l, c) in &svc_rows {
-            let _ = writeln!(out, "lbadm_service_{name}_total{{{l}}} {}", pick(c));
-        }
-        let _ = writeln!(out, "# HELP lbadm_real_{name}_total Real server: {help}.");
-        let _ = writeln!(out, "# TYPE lbadm_real_{name}_total counter");
-        for (l, c, _, _) in &real_rows {
-            let _ = writeln!(out, "lbadm_real_{name}_total{{{l}}} {}", pick(c));
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP lbadm_real_weight Real server weight in the maps (0 = quiesced)."
+    let mut fams = service_families(&maps)?;
+    let mut up = Family::new(
+        "real_up",
+        "Health of a configured real server (1 = UP, 0 = DOWN).",
     );
-    let _ = writeln!(out, "# TYPE lbadm_real_weight gauge");
-    for (l, _, w, _) in &real_rows {
-        let _ = writeln!(out, "lbadm_real_weight{{{l}}} {w}");
-    }
-    for (name, help, f) in [
-        (
-            "active_connections",
-            "established connections, as the least-connection schedulers count them",
-            0usize,
-        ),
-        (
-            "inactive_connections",
-            "connections in any other state, as the schedulers count them",
-            1,
-        ),
-        (
-            "overloaded",
-            "1 while at or over its upper threshold (-x, max_conns): no new connection",
-            2,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP lbadm_real_{name} Real server: {help}.");
-        let _ = writeln!(out, "# TYPE lbadm_real_{name} gauge");
-        for (l, _, _, rc) in &real_rows {
-            let (active, inactive) = rc.counts();
-            // What the next new connection would find (the flag is written when one comes).
-            let v = [active, inactive, u32::from(rc.overloaded_now())][f];
-            let _ = writeln!(out, "lbadm_real_{name}{{{l}}} {v}");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP lbadm_real_up Health of a configured real server (1 = UP, 0 = DOWN)."
-    );
-    let _ = writeln!(out, "# TYPE lbadm_real_up gauge");
     let snap = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
     for (id, addr, h) in snap {
-        let _ = writeln!(
-            out,
-            "lbadm_real_up{{{},real=\"{addr}\"}} {}",
-            svc_label(&id),
-            u8::from(h == Health::Up)
-        );
+        let mut l = service_labels(&id);
+        l.push(("real", addr.to_string()));
+        up = up.sample(l, Value::Gauge(i64::from(h == Health::Up)));
     }
-    table_text(&mut out, &crate::director::conntrack::table_status(&maps)?);
+    fams.push(up);
+    fams.extend(table_families(&crate::director::conntrack::table_status(
+        &maps,
+    )?));
     if let Some(s) = sync {
-        sync_text(&mut out, s);
+        fams.extend(sync_families(s));
     }
-    Ok(out)
+    exposition(fams)
 }
 
-/// One metric family `lbadm_NAME`: its HELP and TYPE lines, then one sample per row
-/// (labels, already in braces, or empty).
-fn family(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP lbadm_{name} {help}");
-    let _ = writeln!(out, "# TYPE lbadm_{name} {kind}");
-    for (labels, v) in rows {
-        let _ = writeln!(out, "lbadm_{name}{labels} {v}");
+/// Per service and per real: traffic counters, weights, connection counts, overload.
+fn service_families(maps: &Maps) -> anyhow::Result<Vec<Family>> {
+    let mut svc: Vec<Family> = vec![
+        Family::new(
+            "service_connections",
+            "Virtual service: new connections scheduled.",
+        ),
+        Family::new(
+            "service_packets",
+            "Virtual service: inbound packets forwarded.",
+        ),
+        Family::new("service_bytes", "Virtual service: inbound bytes forwarded."),
+    ];
+    let mut real: Vec<Family> = vec![
+        Family::new(
+            "real_connections",
+            "Real server: new connections scheduled.",
+        ),
+        Family::new("real_packets", "Real server: inbound packets forwarded."),
+        Family::new("real_bytes", "Real server: inbound bytes forwarded."),
+        Family::new(
+            "real_weight",
+            "Real server weight in the maps (0 = quiesced).",
+        ),
+        Family::new(
+            "real_active_connections",
+            "Real server: established connections, as the least-connection schedulers count them.",
+        ),
+        Family::new(
+            "real_inactive_connections",
+            "Real server: connections in any other state, as the schedulers count them.",
+        ),
+        Family::new(
+            "real_overloaded",
+            "Real server: 1 while at or over its upper threshold (-x, max_conns): no new connection.",
+        ),
+    ];
+    for s in maps.read()? {
+        let labels = service_labels(&s.spec.id);
+        let c = maps.service_stats(s.slot)?;
+        for (f, v) in svc.iter_mut().zip([c.conns, c.packets, c.bytes]) {
+            f.samples.push((labels.clone(), Value::Counter(v)));
+        }
+        for (r, &slot) in s.spec.reals.iter().zip(&s.real_slots) {
+            let mut l = labels.clone();
+            l.push(("real", r.addr.to_string()));
+            let c = maps.real_stats(slot)?;
+            let rc = maps.real_conns(slot)?;
+            let (active, inactive) = rc.counts();
+            // What the next new connection would find (the flag is written when one comes).
+            let values = [
+                Value::Counter(c.conns),
+                Value::Counter(c.packets),
+                Value::Counter(c.bytes),
+                Value::Gauge(r.weight.into()),
+                Value::Gauge(active.into()),
+                Value::Gauge(inactive.into()),
+                Value::Gauge(rc.overloaded_now().into()),
+            ];
+            for (f, v) in real.iter_mut().zip(values) {
+                f.samples.push((l.clone(), v));
+            }
+        }
     }
+    svc.extend(real);
+    Ok(svc)
 }
 
-fn table_text(out: &mut String, t: &crate::director::conntrack::TableStatus) {
-    let per_table = |established: u64, unconfirmed: u64| {
-        vec![
-            ("{table=\"established\"}".to_string(), established as f64),
-            ("{table=\"unconfirmed\"}".to_string(), unconfirmed as f64),
-        ]
+fn table_families(t: &TableStatus) -> Vec<Family> {
+    let per_table = |f: Family, established: u64, unconfirmed: u64| {
+        f.sample(
+            vec![("table", "established".into())],
+            Value::Gauge(established as i64),
+        )
+        .sample(
+            vec![("table", "unconfirmed".into())],
+            Value::Gauge(unconfirmed as i64),
+        )
     };
-    family(
-        out,
-        "conntrack_entries",
-        "gauge",
-        "Entries in a connection table (established: confirmed connections; unconfirmed: handshakes in progress).",
-        &per_table(t.established, t.unconfirmed),
-    );
-    family(
-        out,
-        "conntrack_size",
-        "gauge",
-        "Entries a connection table holds before it evicts the least recently used.",
-        &per_table(t.established_size.into(), t.unconfirmed_size.into()),
-    );
-    family(
-        out,
-        "flood_mode_cpus",
-        "gauge",
-        "CPUs in flood mode now (SYNs forwarded without being recorded).",
-        &[(String::new(), t.flooding_cpus.into())],
-    );
-    family(
-        out,
-        "flood_mode_entered_total",
-        "counter",
-        "Times a CPU entered flood mode.",
-        &[(String::new(), t.flood_trips as f64)],
-    );
+    vec![
+        per_table(
+            Family::new(
+                "conntrack_entries",
+                "Entries in a connection table (established: confirmed connections; unconfirmed: handshakes in progress).",
+            ),
+            t.established,
+            t.unconfirmed,
+        ),
+        per_table(
+            Family::new(
+                "conntrack_size",
+                "Entries a connection table holds before it evicts the least recently used.",
+            ),
+            t.established_size.into(),
+            t.unconfirmed_size.into(),
+        ),
+        Family::one(
+            "flood_mode_cpus",
+            "CPUs in flood mode now (SYNs forwarded without being recorded).",
+            Value::Gauge(t.flooding_cpus.into()),
+        ),
+        Family::one(
+            "flood_mode_entered",
+            "Times a CPU entered flood mode.",
+            Value::Counter(t.flood_trips),
+        ),
+    ]
 }
 
-fn sync_text(out: &mut String, s: &SyncStatus) {
-    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, f64)]| {
-        family(out, &format!("sync_{name}"), kind, help, rows)
-    };
-    let one = |v: u64| vec![(String::new(), v as f64)];
-    metric(
-        "ready",
-        "gauge",
-        "1 once this director learned the connections of a peer (or had none to learn from).",
-        &one(u64::from(s.ready)),
-    );
-    metric(
-        "sent_entries_total",
-        "counter",
-        "Connection entries sent to peers.",
-        &one(s.sent_entries),
-    );
-    metric(
-        "sent_bytes_total",
-        "counter",
-        "Bytes of sync datagrams sent.",
-        &one(s.sent_bytes),
-    );
-    metric(
-        "received_entries_total",
-        "counter",
-        "Connection entries received from peers.",
-        &one(s.received_entries),
-    );
-    metric(
-        "installed_total",
-        "counter",
-        "Peer entries installed in the connection table.",
-        &one(s.installed),
-    );
-    let rejected: Vec<(String, f64)> = s
-        .rejected
-        .iter()
-        .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), *v as f64))
-        .collect();
-    metric(
-        "rejected_total",
-        "counter",
+fn sync_families(s: &SyncStatus) -> Vec<Family> {
+    let counter = |name, help, v| Family::one(name, help, Value::Counter(v));
+    let mut rejected = Family::new(
+        "sync_rejected",
         "Dropped datagrams and refused entries, by reason.",
-        &rejected,
     );
-    let seen: Vec<(String, f64)> = s
-        .peers
-        .iter()
-        .filter_map(|p| Some((format!("{{peer=\"{}\"}}", p.address), p.last_contact?)))
-        .collect();
-    metric(
-        "peer_last_contact_seconds",
-        "gauge",
+    for (k, v) in &s.rejected {
+        rejected = rejected.sample(vec![("reason", k.clone())], Value::Counter(*v));
+    }
+    let mut seen = Family::new(
+        "sync_peer_last_contact_seconds",
         "Unix time of a peer's last authenticated message.",
-        &seen,
     );
-    let lags: Vec<(String, f64)> = [("0.5", s.lag_p50_ms), ("0.99", s.lag_p99_ms)]
-        .into_iter()
-        .filter_map(|(q, v)| Some((format!("{{quantile=\"{q}\"}}"), v? / 1000.0)))
-        .collect();
-    metric(
-        "lag_seconds",
-        "gauge",
+    for p in &s.peers {
+        if let Some(t) = p.last_contact {
+            seen = seen.sample(vec![("peer", p.address.to_string())], Value::Real(t));
+        }
+    }
+    let mut lag = Family::new(
+        "sync_lag_seconds",
         "Time from an event at a peer to its entry here, over recent entries.",
-        &lags,
     );
+    for (q, v) in [("0.5", s.lag_p50_ms), ("0.99", s.lag_p99_ms)] {
+        if let Some(ms) = v {
+            lag = lag.sample(vec![("quantile", q.to_string())], Value::Real(ms / 1000.0));
+        }
+    }
+    vec![
+        Family::one(
+            "sync_ready",
+            "1 once this director learned the connections of a peer (or had none to learn from).",
+            Value::Gauge(s.ready.into()),
+        ),
+        counter(
+            "sync_sent_entries",
+            "Connection entries sent to peers.",
+            s.sent_entries,
+        ),
+        counter(
+            "sync_sent_bytes",
+            "Bytes of sync datagrams sent.",
+            s.sent_bytes,
+        ),
+        counter(
+            "sync_received_entries",
+            "Connection entries received from peers.",
+            s.received_entries,
+        ),
+        counter(
+            "sync_installed",
+            "Peer entries installed in the connection table.",
+            s.installed,
+        ),
+        rejected,
+        seen,
+        lag,
+    ]
 }
 
 #[cfg(test)]
@@ -316,31 +378,23 @@ mod tests {
             "rejected": {"bad_tag": 1}, "lag_p50_ms": 0.5, "lag_p99_ms": 4.0
         }))
         .unwrap();
-        let mut out = String::new();
-        sync_text(&mut out, &s);
+        let out = exposition(sync_families(&s)).unwrap();
         for want in [
             "lbadm_sync_ready 1",
             "lbadm_sync_sent_entries_total 7",
             "lbadm_sync_rejected_total{reason=\"bad_tag\"} 1",
             "lbadm_sync_peer_last_contact_seconds{peer=\"198.18.0.3:8849\"} 1800000000.5",
             "lbadm_sync_lag_seconds{quantile=\"0.99\"} 0.004",
+            "# TYPE lbadm_sync_installed counter",
+            "# EOF",
         ] {
             assert!(out.lines().any(|l| l == want), "{want} missing:\n{out}");
-        }
-        well_formed(&out);
-    }
-
-    /// Every sample line: a name, optional labels, one number.
-    fn well_formed(out: &str) {
-        for l in out.lines().filter(|l| !l.starts_with('#')) {
-            let (_, v) = l.rsplit_once(' ').unwrap();
-            v.parse::<f64>().unwrap_or_else(|_| panic!("{l}"));
         }
     }
 
     #[test]
     fn table_metrics_are_well_formed() {
-        let t = crate::director::conntrack::TableStatus {
+        let t = TableStatus {
             established: 50,
             established_size: 65536,
             unconfirmed: 16384,
@@ -351,8 +405,7 @@ mod tests {
             flood_trips: 4,
             allow_lists: 0,
         };
-        let mut out = String::new();
-        table_text(&mut out, &t);
+        let out = exposition(table_families(&t)).unwrap();
         for want in [
             "lbadm_conntrack_entries{table=\"established\"} 50",
             "lbadm_conntrack_size{table=\"unconfirmed\"} 16384",
@@ -361,6 +414,5 @@ mod tests {
         ] {
             assert!(out.lines().any(|l| l == want), "{want} missing:\n{out}");
         }
-        well_formed(&out);
     }
 }

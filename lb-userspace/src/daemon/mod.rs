@@ -851,7 +851,6 @@ fn spawn_checker(
     })
 }
 
-/// A random duration in `0..=d`: jitter only.
 /// Seconds between two recounts at least; a recount of a large table waits twenty times as
 /// long as it took, so the daemon spends at most 5 % of a CPU on it.
 const RECOUNT_EVERY: Duration = Duration::from_secs(2);
@@ -919,6 +918,7 @@ fn spawn_recount(pin_dir: PathBuf, down_since: DownSince) {
     }
 }
 
+/// A random duration in `0..=d`: jitter only.
 fn upto(d: Duration) -> Duration {
     Duration::from_nanos(rand::random_range(0..=d.as_nanos() as u64))
 }

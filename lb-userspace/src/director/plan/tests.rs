@@ -300,3 +300,31 @@ fn a_real_at_the_directors_own_address_is_local() {
     assert_eq!(p.reals.len(), 2);
     assert!(p.tables.is_empty() && p.services.is_empty());
 }
+
+#[test]
+fn thresholds_are_written_with_their_real_and_flag_the_service() {
+    let limited = |mut s: VirtualService, u, l| {
+        s.reals[0].u_threshold = u;
+        s.reals[0].l_threshold = l;
+        s
+    };
+    let base = svc(6033, Scheduler::Wlc, &[(11, 1), (12, 1)]);
+    // New reals: their counts start from zero, whatever their thresholds.
+    let (p, s1) = step(&empty(), std::slice::from_ref(&base));
+    assert_eq!(p.thresholds, vec![(0, 0, 0, true), (1, 0, 0, true)]);
+    assert_eq!(p.services[0].1.flags, 0);
+    // An upper threshold on an existing real: written alone, counts kept, and the service
+    // flagged so that every scheduler looks at the counts.
+    let (p, _) = step(&s1, &[limited(base.clone(), 100, 80)]);
+    assert_eq!(p.thresholds, vec![(0, 100, 80, false)]);
+    assert!(p.reals.is_empty() && p.tables.is_empty());
+    assert_eq!(p.services[0].1.flags, SVC_F_THRESHOLDS);
+    // Nothing changed: nothing written.
+    assert!(plan(&s1, std::slice::from_ref(&base)).unwrap().is_empty());
+    // A lower threshold above the upper one is refused, naming both.
+    let e = plan(&s1, &[limited(base, 5, 6)]).unwrap_err();
+    assert_eq!(
+        e,
+        PlanError::Thresholds(s1.services[0].spec.id, Ipv4Addr::new(10, 0, 1, 11), 6, 5)
+    );
+}

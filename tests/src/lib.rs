@@ -7,6 +7,7 @@ pub mod held;
 pub mod lbbed;
 pub mod mysqlbed;
 pub mod netns;
+pub mod openmetrics;
 pub mod packet;
 pub mod testbed;
 

@@ -259,6 +259,37 @@ fn dead_backend_is_quiesced_and_restored() {
         "{metrics}"
     );
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    // Read by an independent, strict OpenMetrics parser (Prometheus' Python client's).
+    let body = metrics.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let families = lb_tests::openmetrics::parse(body).unwrap();
+    let kind = |name: &str| {
+        families
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.kind.as_str())
+    };
+    assert_eq!(kind("lbadm_packets"), Some("counter"), "{families:?}");
+    assert_eq!(kind("lbadm_real_up"), Some("gauge"));
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        lb_tests::openmetrics::value(&families, name, labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in {families:?}"))
+    };
+    // The data path's counters by reason: the connections above were forwarded.
+    assert!(value("lbadm_packets_total", &[("reason", "tx_forwarded")]) > 0.0);
+    assert!(value("lbadm_packets_total", &[("reason", "new_conn")]) >= 30.0);
+    // The daemon: the file loaded once, at start, and applied; each UP real's check latency.
+    assert_eq!(value("lbadm_config_last_reload_success", &[]), 1.0);
+    assert_eq!(
+        value("lbadm_config_reloads_total", &[("result", "applied")]),
+        1.0
+    );
+    let latency = value("lbadm_check_duration_seconds", &[("real", "198.18.0.12")]);
+    assert!(latency > 0.0 && latency < 1.0, "{latency}");
+    let (active, slow) = (
+        value("lbadm_real_active_connections", &[("real", "198.18.0.12")]),
+        value("lbadm_conntrack_size", &[("table", "established")]),
+    );
+    assert!(active >= 0.0 && slow > 0.0);
     let other = d.run(|| {
         let mut c = TcpStream::connect("127.0.0.1:9477").unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -92,7 +92,7 @@ const APT_PACKAGES: &[AptPackage] = &[
     },
 ];
 
-const STEPS: usize = 4;
+const STEPS: usize = 5;
 
 fn step(n: usize, msg: impl std::fmt::Display) {
     eprintln!("setup: [{n}/{STEPS}] {msg}");
@@ -104,6 +104,7 @@ pub fn setup(ctx: &Ctx) -> Result<()> {
     ensure_bpf_linker(ctx, &toolchain)?;
     ensure_apt_packages(ctx)?;
     ensure_cargo_deb(ctx)?;
+    ensure_openmetrics_parser()?;
     eprintln!("setup: done in {:.2} s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -629,6 +630,51 @@ fn ensure_cargo_deb(ctx: &Ctx) -> Result<()> {
         .current_dir(&ctx.cache_dir)
         .stdin(Stdio::null());
     ctx.run(&mut install).context("installing cargo-deb")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. The OpenMetrics parser the tests read /metrics with: Prometheus' own Python client's, a
+//    strict one (a malformed exposition raises), independent of the crate that writes it.
+
+const PROMETHEUS_CLIENT_VERSION: &str = "0.21.1";
+
+fn ensure_openmetrics_parser() -> Result<()> {
+    let probe = |cmd: &mut Command| cmd.status().map(|s| s.success()).unwrap_or(false);
+    let check = || {
+        probe(
+            Command::new("python3")
+                .args(["-c", "import prometheus_client.openmetrics.parser"])
+                .stderr(Stdio::null()),
+        )
+    };
+    if check() {
+        step(5, "OpenMetrics parser (python3 prometheus_client): present");
+        return Ok(());
+    }
+    step(
+        5,
+        format_args!(
+            "OpenMetrics parser: installing python3 prometheus_client {PROMETHEUS_CLIENT_VERSION}"
+        ),
+    );
+    let ok = probe(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("prometheus-client=={PROMETHEUS_CLIENT_VERSION}"))
+            .stdin(Stdio::null()),
+    );
+    if !ok || !check() {
+        anyhow::bail!(
+            "cannot install the Python package prometheus-client (python3 -m pip install prometheus-client=={PROMETHEUS_CLIENT_VERSION}): the metrics tests parse /metrics with it"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

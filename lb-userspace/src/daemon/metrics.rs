@@ -26,8 +26,19 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-/// What the metrics endpoint knows about health, kept current by the daemon.
-pub type HealthSnapshot = Arc<Mutex<Vec<(ServiceId, Ipv4Addr, Health)>>>;
+/// What the metrics endpoint knows of the daemon, kept current by it.
+pub type HealthSnapshot = Arc<Mutex<DaemonView>>;
+
+#[derive(Debug, Clone, Default)]
+pub struct DaemonView {
+    /// Each configured real's health, and how long its last successful check took (seconds).
+    pub reals: Vec<(ServiceId, Ipv4Addr, Health, Option<f64>)>,
+    /// Unix time of the last (re)load of the configuration file, and whether it was applied.
+    pub last_reload: Option<(f64, bool)>,
+    /// (Re)loads applied and refused since start (the start's load counts).
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+}
 
 /// OpenMetrics' content type, which Prometheus negotiates for.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -175,17 +186,16 @@ pub fn text(
 ) -> anyhow::Result<String> {
     let maps = Maps::open(pin_dir)?;
     let mut fams = service_families(&maps)?;
-    let mut up = Family::new(
-        "real_up",
-        "Health of a configured real server (1 = UP, 0 = DOWN).",
+    let view = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+    fams.extend(daemon_families(&view));
+    let mut packets = Family::new(
+        "packets",
+        "Packets that left the director program, by why (pass_*: to the stack; drop_*: dropped; tx_/redirect_forwarded: encapsulated and sent; others count events).",
     );
-    let snap = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-    for (id, addr, h) in snap {
-        let mut l = service_labels(&id);
-        l.push(("real", addr.to_string()));
-        up = up.sample(l, Value::Gauge(i64::from(h == Health::Up)));
+    for (r, n) in maps.reasons()? {
+        packets = packets.sample(vec![("reason", r.name().to_string())], Value::Counter(n));
     }
-    fams.push(up);
+    fams.push(packets);
     fams.extend(table_families(&crate::director::conntrack::table_status(
         &maps,
     )?));
@@ -261,6 +271,54 @@ fn service_families(maps: &Maps) -> anyhow::Result<Vec<Family>> {
     }
     svc.extend(real);
     Ok(svc)
+}
+
+/// Health, check latency and configuration reloads, as the daemon last saw them.
+fn daemon_families(view: &DaemonView) -> Vec<Family> {
+    let mut up = Family::new(
+        "real_up",
+        "Health of a configured real server (1 = UP, 0 = DOWN).",
+    );
+    let mut latency = Family::new(
+        "check_duration_seconds",
+        "How long a real's last successful health check took.",
+    );
+    for (id, addr, h, secs) in &view.reals {
+        let mut l = service_labels(id);
+        l.push(("real", addr.to_string()));
+        if let Some(secs) = secs {
+            latency = latency.sample(l.clone(), Value::Real(*secs));
+        }
+        up = up.sample(l, Value::Gauge(i64::from(*h == Health::Up)));
+    }
+    let mut fams = vec![up, latency];
+    if let Some((at, ok)) = view.last_reload {
+        fams.push(Family::one(
+            "config_last_reload_timestamp_seconds",
+            "Unix time the configuration file was last loaded (at start or on SIGHUP).",
+            Value::Real(at),
+        ));
+        fams.push(Family::one(
+            "config_last_reload_success",
+            "1 if the last load of the configuration file was applied, 0 if it was refused (the running configuration kept).",
+            Value::Gauge(ok.into()),
+        ));
+    }
+    fams.push(
+        Family::new(
+            "config_reloads",
+            "Loads of the configuration file (at start and on SIGHUP), by result.",
+        )
+        .sample(
+            vec![("result", "applied".into())],
+            Value::Counter(view.reloads_ok),
+        )
+        .sample(
+            vec![("result", "refused".into())],
+            Value::Counter(view.reloads_failed),
+        ),
+    );
+    fams
 }
 
 fn table_families(t: &TableStatus) -> Vec<Family> {

@@ -212,6 +212,7 @@ async fn main_loop(opts: Options, cfg: DaemonConfig) -> anyhow::Result<()> {
     };
     d.apply_config(cfg.clone(), true)
         .context("applying the configuration")?;
+    d.reloaded(true);
     // After the maps hold this file's services: peers' entries are installed by service.
     if let Some(s) = &cfg.sync {
         d.sync = Some(Arc::new(
@@ -409,6 +410,7 @@ impl Daemon {
             Ok(c) => c,
             Err(e) => {
                 error!("reload ignored, keeping the running configuration: {e}");
+                self.reloaded(false);
                 return;
             }
         };
@@ -421,11 +423,25 @@ impl Daemon {
         {
             warn!("iface, pin_dir, metrics, sync and announce changes take effect only on restart");
         }
-        if let Err(e) = self.apply_config(cfg, false) {
+        let applied = self.apply_config(cfg, false);
+        if let Err(e) = &applied {
             error!(
                 "reload failed, the maps are unchanged: {}",
-                crate::one_line(&e)
+                crate::one_line(e)
             );
+        }
+        self.reloaded(applied.is_ok());
+    }
+
+    /// Counts a load of the configuration file for /metrics.
+    fn reloaded(&mut self, ok: bool) {
+        if let Ok(mut v) = self.snapshot.lock() {
+            v.last_reload = Some((unix(SystemTime::now()), ok));
+            if ok {
+                v.reloads_ok += 1;
+            } else {
+                v.reloads_failed += 1;
+            }
         }
     }
 
@@ -802,10 +818,13 @@ impl Daemon {
 
     fn write_status(&mut self) {
         if let Ok(mut snap) = self.snapshot.lock() {
-            *snap = self
+            snap.reals = self
                 .reals
                 .iter()
-                .map(|(k, e)| (k.0, k.1, e.tracker.health))
+                .map(|(k, e)| {
+                    let latency = e.last.as_ref().and_then(|l| l.2).map(|ms| ms / 1000.0);
+                    (k.0, k.1, e.tracker.health, latency)
+                })
                 .collect();
         }
         let path = self.cfg.status_file.clone();

@@ -10,7 +10,7 @@ use super::{
 use crate::sys::bpffs::raw;
 use lb_common::{
     CONN_CLOSE, CONN_ESTABLISHED, CONN_FIN_WAIT, CONN_SYN_RECV, Conn, ConnKey, IPPROTO_UDP,
-    REAL_F_IN_USE, conn_timeout_secs,
+    REAL_F_IN_USE, Real, conn_timeout_secs,
 };
 use lb_common::{FloodState, MAP_CONNS, MAP_CONNS_NEW};
 use serde::Serialize;
@@ -41,7 +41,11 @@ pub fn state_name(state: u8) -> &'static str {
 /// Seconds left before the entry expires, or None if it already has (or names a real that is
 /// gone: the data path would re-schedule it).
 pub(super) fn remaining(maps: &Maps, c: &Conn, now: u64) -> Option<u64> {
-    let real = maps.reals.get(&c.real_id, 0).ok()?;
+    left(&maps.reals.get(&c.real_id, 0).ok()?, c, now)
+}
+
+/// [`remaining`], given the real in the entry's slot.
+fn left(real: &Real, c: &Conn, now: u64) -> Option<u64> {
     if real.flags & REAL_F_IN_USE == 0 || real.generation != c.real_gen {
         return None;
     }
@@ -51,20 +55,33 @@ pub(super) fn remaining(maps: &Maps, c: &Conn, now: u64) -> Option<u64> {
         .filter(|&r| r > 0)
 }
 
+/// The open map's file descriptor, for the batch reads aya does not offer.
+fn fd<K: aya::Pod, V: aya::Pod>(
+    map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
+) -> std::os::fd::BorrowedFd<'_> {
+    aya::maps::IterableMap::map(map).fd().as_fd()
+}
+
 /// Live entries of both tables (an unconfirmed entry's `last_seen_ns` is its first packet, which
-/// is what its timeout counts from).
+/// is what its timeout counts from), read in batches against one read of the reals: the
+/// daemon's recount reads them every few seconds.
 fn live_entries(maps: &Maps) -> Result<Vec<(ConnKey, Conn, u64)>, MapsError> {
     let now = now_ns();
+    let reals = maps.all_reals()?;
     let mut out = Vec::new();
-    for item in maps.conns.iter().chain(maps.conns_new.iter()) {
-        let (k, c) = match item {
-            Ok(kv) => kv,
-            // An LRU entry evicted while we walk the table: skip it.
-            Err(_) => continue,
-        };
-        if let Some(left) = remaining(maps, &c, now) {
-            out.push((k, c, left));
-        }
+    for (name, table) in [(MAP_CONNS, &maps.conns), (MAP_CONNS_NEW, &maps.conns_new)] {
+        raw::each_batch::<ConnKey, Conn>(fd(table), |keys, conns| {
+            for (k, c) in keys.iter().zip(conns) {
+                let real = reals.get(c.real_id as usize);
+                if let Some(l) = real.and_then(|r| left(r, c, now)) {
+                    out.push((*k, *c, l));
+                }
+            }
+        })
+        .map_err(|source| MapsError::Io {
+            what: format!("reading {name}"),
+            source,
+        })?;
     }
     Ok(out)
 }
@@ -251,25 +268,18 @@ pub fn flooding(states: &[FloodState], now: u64) -> (u32, Option<u64>) {
 
 pub fn table_status(maps: &Maps) -> Result<TableStatus, MapsError> {
     let (established_size, unconfirmed_size) = maps.table_sizes()?;
-    let count = |name: &'static str| -> Result<u64, MapsError> {
-        let io = |source| MapsError::Io {
+    let count = |name: &'static str, table| {
+        raw::count_entries::<ConnKey, Conn>(fd(table)).map_err(|source| MapsError::Io {
             what: format!("counting the entries of {name}"),
             source,
-        };
-        let fd = raw::open_pinned(&maps.pin_dir().join(name)).map_err(io)?;
-        raw::count_entries(
-            fd.as_fd(),
-            size_of::<ConnKey>() as u32,
-            size_of::<Conn>() as u32,
-        )
-        .map_err(io)
+        })
     };
     let states = maps.flood_states()?;
     let (flooding_cpus, flood_for_secs) = flooding(&states, now_ns());
     Ok(TableStatus {
-        established: count(MAP_CONNS)?,
+        established: count(MAP_CONNS, &maps.conns)?,
         established_size,
-        unconfirmed: count(MAP_CONNS_NEW)?,
+        unconfirmed: count(MAP_CONNS_NEW, &maps.conns_new)?,
         unconfirmed_size,
         flood_rate: maps.limits()?.flood_rate,
         flooding_cpus,

@@ -354,29 +354,42 @@ pub mod raw {
         }
     }
 
-    /// The number of entries in a hash map, read batch by batch (a million entries in a few
-    /// hundred calls, where walking the keys takes two calls per entry).
-    pub fn count_entries(map: BorrowedFd<'_>, key_size: u32, value_size: u32) -> io::Result<u64> {
-        const BATCH: u32 = 4096;
-        let mut keys = vec![0u8; (key_size * BATCH) as usize];
-        let mut values = vec![0u8; (value_size.next_multiple_of(8) * BATCH) as usize];
-        let (mut token, mut total) = (None, 0);
+    /// Runs `f` on each batch of a hash map's entries: a million entries in a few hundred
+    /// calls, where walking the keys takes two calls per entry. `K` and `V` are the map's key
+    /// and value as stored (not per-CPU).
+    pub fn each_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
+        map: BorrowedFd<'_>,
+        mut f: impl FnMut(&[K], &[V]),
+    ) -> io::Result<()> {
+        const BATCH: usize = 4096;
+        let mut keys = vec![K::zeroed(); BATCH];
+        let mut values = vec![V::zeroed(); BATCH];
+        let mut token = None;
         loop {
-            // SAFETY: both buffers hold BATCH entries.
+            // SAFETY: both buffers hold BATCH entries of the map's key and value types.
             let (n, done) = unsafe {
                 lookup_batch(
                     map,
                     &mut token,
-                    keys.as_mut_ptr(),
-                    values.as_mut_ptr(),
-                    BATCH,
+                    keys.as_mut_ptr().cast(),
+                    values.as_mut_ptr().cast(),
+                    BATCH as u32,
                 )
             }?;
-            total += n as u64;
+            f(&keys[..n as usize], &values[..n as usize]);
             if done {
-                return Ok(total);
+                return Ok(());
             }
         }
+    }
+
+    /// The number of entries in a hash map (see [`each_batch`]).
+    pub fn count_entries<K: bytemuck::Pod, V: bytemuck::Pod>(
+        map: BorrowedFd<'_>,
+    ) -> io::Result<u64> {
+        let mut total = 0;
+        each_batch::<K, V>(map, |k, _| total += k.len() as u64)?;
+        Ok(total)
     }
 }
 

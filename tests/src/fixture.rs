@@ -68,6 +68,24 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
+/// A TCP service on `VIP:port`, not persistent.
+pub fn tcp_service(
+    port: u16,
+    sched: lb_userspace::director::Scheduler,
+    reals: Vec<lb_userspace::director::RealServer>,
+) -> VirtualService {
+    VirtualService {
+        id: lb_userspace::director::ServiceId {
+            proto: lb_userspace::director::Protocol::Tcp,
+            addr: VIP,
+            port,
+        },
+        sched,
+        persistence: 0,
+        reals,
+    }
+}
+
 /// The connection-table key of a TCP flow from `CLIENT:sport` to `VIP:port`.
 pub fn client_key(sport: u16, port: u16) -> lb_common::ConnKey {
     lb_common::ConnKey {

@@ -8,7 +8,7 @@ use lb_common::{
 };
 use lb_tests::{fixture::*, packet::*};
 use lb_userspace::director::{
-    Protocol, RealServer, Scheduler, ServiceId, VirtualService,
+    RealServer, Scheduler, VirtualService,
     allow::{self, AllowLists},
 };
 use std::{net::Ipv4Addr, thread::sleep, time::Duration};
@@ -16,16 +16,8 @@ use std::{net::Ipv4Addr, thread::sleep, time::Duration};
 const PORT: u16 = 6033;
 
 fn svc(reals: &[Ipv4Addr]) -> VirtualService {
-    VirtualService {
-        id: ServiceId {
-            proto: Protocol::Tcp,
-            addr: VIP,
-            port: PORT,
-        },
-        sched: Scheduler::Rr,
-        persistence: 0,
-        reals: reals.iter().map(|&addr| RealServer::new(addr, 1)).collect(),
-    }
+    let reals = reals.iter().map(|&a| RealServer::new(a, 1)).collect();
+    tcp_service(PORT, Scheduler::Rr, reals)
 }
 
 fn key(sport: u16) -> ConnKey {

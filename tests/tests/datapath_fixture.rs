@@ -3,25 +3,14 @@
 
 use lb_common::{PROBE_MARK, Probe, ProbeKey, Reason, ip_be, port_be};
 use lb_tests::{fixture::*, packet::*};
-use lb_userspace::director::{Protocol, RealServer, Scheduler, ServiceId, VirtualService};
+use lb_userspace::director::{Protocol, RealServer, Scheduler, VirtualService};
 use std::net::Ipv4Addr;
 
 const PORT: u16 = 6033;
 
 fn svc(sched: Scheduler, reals: &[(Ipv4Addr, u32)]) -> VirtualService {
-    VirtualService {
-        id: ServiceId {
-            proto: Protocol::Tcp,
-            addr: VIP,
-            port: PORT,
-        },
-        sched,
-        persistence: 0,
-        reals: reals
-            .iter()
-            .map(|&(addr, weight)| RealServer::new(addr, weight))
-            .collect(),
-    }
+    let reals = reals.iter().map(|&(a, w)| RealServer::new(a, w)).collect();
+    tcp_service(PORT, sched, reals)
 }
 
 fn syn(sport: u16) -> Vec<u8> {

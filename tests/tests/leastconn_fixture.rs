@@ -3,24 +3,13 @@
 
 use lb_common::Reason;
 use lb_tests::{fixture::*, packet::*};
-use lb_userspace::director::{
-    Protocol, RealServer, Scheduler, ServiceId, VirtualService, conntrack,
-};
+use lb_userspace::director::{RealServer, Scheduler, VirtualService, conntrack};
 use std::{collections::HashMap, net::Ipv4Addr};
 
 const PORT: u16 = 6033;
 
 fn svc(sched: Scheduler, reals: &[RealServer]) -> VirtualService {
-    VirtualService {
-        id: ServiceId {
-            proto: Protocol::Tcp,
-            addr: VIP,
-            port: PORT,
-        },
-        sched,
-        persistence: 0,
-        reals: reals.to_vec(),
-    }
+    tcp_service(PORT, sched, reals.to_vec())
 }
 
 fn limited(addr: Ipv4Addr, upper: u32, lower: u32) -> RealServer {

@@ -189,10 +189,14 @@ enum RealserverCmd {
         /// Directors whose IPIP packets are accepted (required with --decap xdp and director).
         #[arg(long, value_delimiter = ',')]
         director: Vec<Ipv4Addr>,
-        #[arg(long, default_value = realserver::DEFAULT_SYSCTL_FILE)]
-        sysctl_file: PathBuf,
-        #[arg(long, default_value = realserver::DEFAULT_STATE_FILE)]
-        state_file: PathBuf,
+        /// [default: /etc/sysctl.d/90-lbadm-realserver.conf; /run/lbadm/netns-NAME/sysctl.conf
+        /// in the `ip netns` NAME]
+        #[arg(long)]
+        sysctl_file: Option<PathBuf>,
+        /// [default: /var/lib/lbadm/realserver.json; /run/lbadm/netns-NAME/realserver.json in
+        /// the `ip netns` NAME]
+        #[arg(long)]
+        state_file: Option<PathBuf>,
         /// bpffs directory for the XDP decapsulation's pins.
         /// (default: /sys/fs/bpf/lbadm-decap, -NAME in the `ip netns` NAME)
         #[arg(long)]
@@ -200,8 +204,9 @@ enum RealserverCmd {
     },
     /// Undo what setup did: restore sysctls, remove added addresses, detach, remove files.
     Teardown {
-        #[arg(long, default_value = realserver::DEFAULT_STATE_FILE)]
-        state_file: PathBuf,
+        /// [default: as setup's]
+        #[arg(long)]
+        state_file: Option<PathBuf>,
         /// The sysctl.d file to remove (default: the one recorded by setup).
         #[arg(long)]
         sysctl_file: Option<PathBuf>,
@@ -216,8 +221,9 @@ enum RealserverCmd {
         decap: Option<realserver::DecapMode>,
         #[arg(long)]
         iface: Option<String>,
-        #[arg(long, default_value = realserver::DEFAULT_STATE_FILE)]
-        state_file: PathBuf,
+        /// [default: as setup's]
+        #[arg(long)]
+        state_file: Option<PathBuf>,
         /// (default: /sys/fs/bpf/lbadm-decap, -NAME in the `ip netns` NAME)
         #[arg(long)]
         decap_pin_dir: Option<PathBuf>,
@@ -230,6 +236,10 @@ enum RealserverCmd {
 }
 
 fn main() -> ExitCode {
+    // First, while this process has one thread (setns into a mount namespace needs that).
+    if let Err(e) = bpffs::graft_system_bpffs() {
+        eprintln!("lbadm: warning: under `ip netns exec`, cannot mount the system's bpffs: {e}");
+    }
     let args: Vec<String> = std::env::args().collect();
     // `--pin-dir DIR` / `--pin-dir=DIR` may come first, before a verb or ipvsadm's options.
     let (pin_dir, skip) = match args.get(1).map(String::as_str) {
@@ -496,6 +506,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn run_realserver(cmd: RealserverCmd, pin_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let (default_sysctl, default_state) = realserver::default_files(bpffs::netns_name().as_deref());
     match cmd {
         RealserverCmd::Setup {
             vip,
@@ -511,8 +522,8 @@ fn run_realserver(cmd: RealserverCmd, pin_dir: &std::path::Path) -> anyhow::Resu
                 decap,
                 iface,
                 directors: director,
-                sysctl_file,
-                state_file,
+                sysctl_file: sysctl_file.unwrap_or(default_sysctl),
+                state_file: state_file.unwrap_or(default_state),
                 decap_pin_dir: decap_pin_dir
                     .unwrap_or_else(|| bpffs::default_pin_dir("lbadm-decap")),
                 director_pin_dir: pin_dir.to_path_buf(),
@@ -534,6 +545,7 @@ fn run_realserver(cmd: RealserverCmd, pin_dir: &std::path::Path) -> anyhow::Resu
             state_file,
             sysctl_file,
         } => {
+            let state_file = state_file.unwrap_or(default_state);
             let r = realserver::teardown(&state_file, sysctl_file.as_deref())?;
             for c in &r.changes {
                 println!("{c}");
@@ -552,7 +564,7 @@ fn run_realserver(cmd: RealserverCmd, pin_dir: &std::path::Path) -> anyhow::Resu
                 vips: vip,
                 decap,
                 iface,
-                state_file,
+                state_file: state_file.unwrap_or(default_state),
                 decap_pin_dir: decap_pin_dir
                     .unwrap_or_else(|| bpffs::default_pin_dir("lbadm-decap")),
                 director_pin_dir: pin_dir.to_path_buf(),

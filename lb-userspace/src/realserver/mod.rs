@@ -35,6 +35,19 @@ pub use check::{CheckOptions, CheckReport, Finding, NotChecked, Severity, check}
 
 pub const DEFAULT_SYSCTL_FILE: &str = "/etc/sysctl.d/90-lbadm-realserver.conf";
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/lbadm/realserver.json";
+
+/// The sysctl file and the state file setup writes when none is named. In the `ip netns` NAME
+/// both go to /run/lbadm/netns-NAME: the namespace ends at reboot, so must they, and a file in
+/// /etc/sysctl.d would be applied to the host's own interfaces at the next boot.
+pub fn default_files(netns: Option<&str>) -> (PathBuf, PathBuf) {
+    match netns {
+        None => (DEFAULT_SYSCTL_FILE.into(), DEFAULT_STATE_FILE.into()),
+        Some(name) => {
+            let dir = Path::new("/run/lbadm").join(format!("netns-{name}"));
+            (dir.join("sysctl.conf"), dir.join("realserver.json"))
+        }
+    }
+}
 pub const TUNL0: &str = "tunl0";
 /// The throwaway ipip link created to make the kernel autoload `ipip` (which creates `tunl0`).
 pub const PROBE_LINK: &str = "lbadm-ipprobe";

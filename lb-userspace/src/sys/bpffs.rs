@@ -41,6 +41,110 @@ pub fn default_pin_dir(base: &str) -> PathBuf {
     }
 }
 
+/// The `ip netns` name when this process runs under `ip netns exec NAME`.
+fn under_ip_netns_exec() -> Option<String> {
+    let name = netns_name()?;
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| is_ip_netns_exec_sys(&m, &name))
+        .then_some(name)
+}
+
+/// Under `ip netns exec`, mounts the system's bpffs at /sys/fs/bpf. `ip netns exec` runs its
+/// command in a private mount namespace with a fresh /sys (the network namespace's own), where
+/// /sys/fs/bpf is empty and a bpffs mounted there would vanish with the command, pins and
+/// pinned links with it. This takes a copy of the bpffs mount from the mount namespace `ip netns
+/// exec` was called from (the same bpffs, not a new one) and mounts it here, so state made here
+/// outlives the command and `nsenter --net` and the root namespace find it, while /sys and
+/// /etc stay as `ip netns exec` made them. Must run while the process has one thread.
+pub fn graft_system_bpffs() -> std::io::Result<()> {
+    if under_ip_netns_exec().is_none() || is_bpffs(Path::new(BPFFS_ROOT)) {
+        return Ok(());
+    }
+    graft::from_outer_namespace(BPFFS_ROOT)
+}
+
+/// `open_tree` + `move_mount` (Linux 5.2): a copy of a mount taken in one mount namespace and
+/// mounted in another.
+mod graft {
+    use std::{
+        ffi::CString,
+        fs::File,
+        io,
+        os::{fd::AsRawFd, unix::fs::MetadataExt as _},
+        path::Path,
+    };
+
+    fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    fn setns(ns: &File) -> io::Result<()> {
+        check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) }.into()).map(|_| ())
+    }
+
+    /// The mount namespace of the nearest ancestor outside this process's own (where `ip
+    /// netns exec` was called), else PID 1's.
+    fn outer_namespace() -> io::Result<File> {
+        let own = std::fs::metadata("/proc/self/ns/mnt")?.ino();
+        let parent = |pid: u32| -> Option<u32> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid …: comm may hold spaces and parentheses.
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        let mut pid = std::process::id();
+        while let Some(p) = parent(pid).filter(|&p| p > 0) {
+            let ns = format!("/proc/{p}/ns/mnt");
+            if std::fs::metadata(&ns).is_ok_and(|m| m.ino() != own) {
+                return File::open(ns);
+            }
+            pid = p;
+        }
+        File::open("/proc/1/ns/mnt")
+    }
+
+    pub fn from_outer_namespace(path: &str) -> io::Result<()> {
+        let c = CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let own = File::open("/proc/self/ns/mnt")?;
+        // setns resets the working directory to the namespace's root.
+        let cwd = File::open(".")?;
+        let outer = outer_namespace()?;
+        setns(&outer)?;
+        let tree = if super::is_bpffs(Path::new(path)) {
+            const OPEN_TREE_CLONE: libc::c_long = 1;
+            let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long;
+            check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })
+        } else {
+            Err(io::Error::other(format!("no bpffs at {path} there either")))
+        };
+        // Back home whatever happened: this process must not run on in the other mounts.
+        setns(&own)?;
+        check(unsafe { libc::fchdir(cwd.as_raw_fd()) }.into())?;
+        let tree = tree?;
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_long = 4;
+        let rc = check(unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        });
+        unsafe { libc::close(tree as i32) };
+        rc.map(|_| ())
+    }
+}
+
 /// Whether `mountinfo` shows the /sys that `ip netns exec NAME` mounts in the private mount
 /// namespace it runs its command in (a sysfs whose source is the namespace's name).
 fn is_ip_netns_exec_sys(mountinfo: &str, name: &str) -> bool {
@@ -59,14 +163,13 @@ fn is_ip_netns_exec_sys(mountinfo: &str, name: &str) -> bool {
 /// Like bpftool, mount the standard bpffs at /sys/fs/bpf when nothing is mounted there (some
 /// minimal systems and containers boot without it).
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), SysError> {
-    // Under `ip netns exec`, /sys/fs/bpf is not the system's bpffs: whatever is pinned there
-    // vanishes with the command, and lbadm would report success for nothing.
+    // Under `ip netns exec`, when the system's bpffs could not be mounted here: never pin where
+    // the state would vanish with the command and report success for nothing.
     if pin_dir.starts_with(BPFFS_ROOT)
-        && let Some(name) = netns_name()
-        && std::fs::read_to_string("/proc/self/mountinfo")
-            .is_ok_and(|m| is_ip_netns_exec_sys(&m, &name))
+        && !is_bpffs(Path::new(BPFFS_ROOT))
+        && let Some(name) = under_ip_netns_exec()
     {
-        return Err(SysError::PrivateBpffs(name));
+        return Err(SysError::PrivateBpffs(format!("`ip netns exec {name}`")));
     }
     let probe = if pin_dir.exists() {
         pin_dir

@@ -22,7 +22,7 @@ pub enum SysError {
     )]
     NoBpffs(PathBuf),
     #[error(
-        "this runs under `ip netns exec {0}`, in a private mount namespace whose /sys/fs/bpf is not the system's bpffs: anything pinned there would vanish when lbadm exits. Run `nsenter --net=/run/netns/{0} lbadm …` instead (its state goes to /sys/fs/bpf/lbadm-{0}), or pass --pin-dir on a bpffs mounted outside /sys"
+        "under {0}: this private mount namespace's /sys/fs/bpf is not the system's bpffs, and pins there would vanish with the command. Run `nsenter --net=/run/netns/NAME lbadm …` instead, or pass --pin-dir on a bpffs mounted outside /sys"
     )]
     PrivateBpffs(String),
     #[error(

@@ -118,11 +118,15 @@ pub fn render(lists: &AllowLists) -> String {
 }
 
 /// The trie entries that express `lists`: per VIP, its deny-all /32 and one entry per CIDR.
+/// `0.0.0.0/0` is that same /32 entry, permitting: a deny beside it would be overwritten (the
+/// differential fuzzer found a list of `0.0.0.0/0` read back as "nobody" while it let everyone in).
 pub fn trie_entries(lists: &AllowLists) -> Vec<(u32, AllowKey, u32)> {
     let mut out = Vec::new();
     for (vip, cidrs) in lists {
         let vip = ip_be(vip.octets());
-        out.push((32, AllowKey { vip, saddr: 0 }, ALLOW_DENY));
+        if !cidrs.iter().any(|c| c.len == 0) {
+            out.push((32, AllowKey { vip, saddr: 0 }, ALLOW_DENY));
+        }
         for c in cidrs {
             let saddr = ip_be(c.addr.octets());
             out.push((32 + c.len as u32, AllowKey { vip, saddr }, ALLOW_PERMIT));
@@ -142,7 +146,7 @@ pub fn read(maps: &Maps) -> Result<AllowLists, MapsError> {
         let d = k.data();
         let vip = Ipv4Addr::from(d.vip.to_ne_bytes());
         let list = lists.entry(vip).or_default();
-        if v == ALLOW_PERMIT && k.prefix_len() > 32 {
+        if v == ALLOW_PERMIT && k.prefix_len() >= 32 {
             list.push(Cidr {
                 addr: Ipv4Addr::from(d.saddr.to_ne_bytes()),
                 len: (k.prefix_len() - 32) as u8,
@@ -259,6 +263,17 @@ mod tests {
         edit(&mut l, Edit::Clear(vip)).unwrap();
         assert!(l.is_empty());
         assert_eq!(edit(&mut l, Edit::Clear(vip)), Err(EditError::NoList(vip)));
+    }
+
+    #[test]
+    fn everyone_is_one_permit_over_the_vip() {
+        let vip = Ipv4Addr::new(198, 18, 0, 100);
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        let lists = AllowLists::from([(vip, vec![all, "10.0.0.0/8".parse().unwrap()])]);
+        let e = trie_entries(&lists);
+        let v = ip_be(vip.octets());
+        assert_eq!(e[0], (32, AllowKey { vip: v, saddr: 0 }, ALLOW_PERMIT));
+        assert_eq!(e.len(), 2, "{e:?}");
     }
 
     #[test]

@@ -75,6 +75,20 @@ enum Command {
         #[arg(last = true, value_name = "TEST_FILTER")]
         filter: Vec<OsString>,
     },
+    /// Set up, then run the differential packet fuzzer
+    ///
+    /// Runs `cargo run --release -p lb-tests --bin lb-fuzz -- --packets N [--seed S]` (needs
+    /// root): generated and broken frames, with configuration changes and clock jumps between
+    /// them, through the compiled director and its reference model; the first difference stops
+    /// it with the seed that reproduces it.
+    Fuzz {
+        /// How many frames.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// The generator's seed (default: from the clock; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Set up, then run the benchmark
     ///
     /// Runs `cargo run --release -p lb-tests --bin lb-bench -- [BENCH_ARGS]`.
@@ -166,6 +180,24 @@ fn run(cli: Cli) -> Result<()> {
                 "--",
             ])
             .args(args);
+            ctx.run(&mut cmd)
+        }
+        Command::Fuzz { packets, seed } => {
+            setup::setup(&ctx)?;
+            let mut cmd = ctx.cargo();
+            cmd.args([
+                "run",
+                "--release",
+                "-p",
+                "lb-tests",
+                "--bin",
+                "lb-fuzz",
+                "--",
+            ])
+            .args(["--packets", &packets.to_string()]);
+            if let Some(seed) = seed {
+                cmd.args(["--seed", &seed.to_string()]);
+            }
             ctx.run(&mut cmd)
         }
         Command::Package => {

@@ -51,6 +51,7 @@ pub const VM_SUITE: &[&str] = &[
     "leastconn_fixture",
     "realserver",
     "e2e_director",
+    "fuzz_datapath",
 ];
 
 /// The whole `vm-test` run (build + kernel + guest) is bounded by this.

@@ -247,6 +247,16 @@ pub fn kernel_view(maps: &Maps, t: &Touched) -> Result<View> {
     Ok(v)
 }
 
+/// The timestamps a view holds (entries' last packet, the flood window).
+pub fn stamps(v: &View) -> Vec<u64> {
+    let mut out = vec![v.flood.window_ns, v.flood.since_ns];
+    for (a, b) in v.conns.values() {
+        out.extend(a.iter().chain(b.iter()).map(|c| c.last_seen_ns));
+    }
+    out.extend(v.persist.values().flatten().map(|t| t.last_seen_ns));
+    out
+}
+
 /// Every key either side holds, for a comparison of everything.
 pub fn everything(a: &State, b: &State) -> Touched {
     let mut t = Touched::default();

@@ -129,15 +129,6 @@ fn coarse_now() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn coarse_tick() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).max(1)
-}
-
 /// A random configuration of services over the two VIPs.
 fn services(rng: &mut Rng) -> Vec<VirtualService> {
     let mut out: Vec<VirtualService> = Vec::new();
@@ -326,7 +317,6 @@ pub fn run(packets: u64, seed: u64, progress: bool) -> Result<Report> {
             routes,
             history: VecDeque::new(),
             report: Report::default(),
-            tick: coarse_tick(),
         };
         run.all(packets, &fd, ifindex, progress)?;
         Ok(run.report)
@@ -342,7 +332,6 @@ struct Run<'a> {
     /// The last operations, for a difference's report.
     history: VecDeque<String>,
     report: Report,
-    tick: u64,
 }
 
 impl Run<'_> {
@@ -464,32 +453,36 @@ impl Run<'_> {
         t0: u64,
         t1: u64,
     ) -> Result<Model> {
+        // The clock's ticks are not evenly spaced (NTP slews them): the instants between t0 and
+        // t1 worth trying are the timestamps the kernel wrote in that span.
         let mut ticks = vec![t0];
         if t1 != t0 {
             self.report.ticked += 1;
-            let mut t = t0 + self.tick;
-            while t < t1 && ticks.len() < 64 {
-                ticks.push(t);
-                t += self.tick;
-            }
             ticks.push(t1);
         }
         let mut first: Option<(Out, Vec<String>)> = None;
         let mut model = Some(model);
-        for (i, &now) in ticks.iter().enumerate() {
-            // Cloned only when another tick may still be needed.
-            let mut m = if i + 1 == ticks.len() {
-                model.take().expect("taken once")
+        let mut i = 0;
+        while i < ticks.len() {
+            let now = ticks[i];
+            let mut m = if t1 == t0 {
+                model.take().expect("one tick")
             } else {
-                model.clone().expect("kept until the last tick")
+                model.clone().expect("kept for every tick")
             };
             let out = m.step(frame, now);
             let kv = kernel::kernel_view(self.maps, &m.touched)?;
+            for stamp in kernel::stamps(&kv) {
+                if t0 < stamp && stamp < t1 && !ticks.contains(&stamp) {
+                    ticks.push(stamp);
+                }
+            }
             let d = differences(&model_view(&m.st, &m.touched), &kv);
             if out.action == action && out.data == data && d.is_empty() {
                 return Ok(m);
             }
             first.get_or_insert((out, d));
+            i += 1;
         }
         let (out, d) = first.expect("one tick at least");
         let mut what = format!(

@@ -216,11 +216,23 @@ pub struct MariaDb {
     pub name: String,
     dir: TempDir,
     child: Option<ChildGuard>,
+    /// Server options beyond the common ones (e.g. TLS).
+    extra: Vec<String>,
 }
 
 impl MariaDb {
     /// Copies the template's data directory and starts a server on it in `ns`.
     pub fn start(ns: &Netns, name: &str, template: &Template) -> Result<MariaDb> {
+        MariaDb::start_with(ns, name, template, &[])
+    }
+
+    /// [`MariaDb::start`] with more server options.
+    pub fn start_with(
+        ns: &Netns,
+        name: &str,
+        template: &Template,
+        extra: &[String],
+    ) -> Result<MariaDb> {
         let dir = TempDir::new(&format!("mariadb-{name}"))?;
         run(
             Command::new("cp")
@@ -233,6 +245,7 @@ impl MariaDb {
             name: name.into(),
             dir,
             child: None,
+            extra: extra.to_vec(),
         };
         db.restart(ns)?;
         Ok(db)
@@ -240,6 +253,11 @@ impl MariaDb {
 
     fn data(&self) -> PathBuf {
         self.dir.0.join("data")
+    }
+
+    /// The server's unix socket (root logs in there by socket authentication).
+    pub fn socket(&self) -> PathBuf {
+        self.data().join("sock")
     }
 
     pub fn is_running(&self) -> bool {
@@ -252,6 +270,7 @@ impl MariaDb {
         let _ = std::fs::remove_file(self.data().join("sock"));
         let mut child = ChildGuard::spawn(
             server_cmd(ns.command(MARIADBD), &self.data(), true)
+                .args(&self.extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         )

@@ -49,7 +49,11 @@
 //!                           # (default interval/10)
 //! port = 6033               # port to check (default: the service's port)
 //! via = "tunnel"            # "tunnel" (default): VIP:port encapsulated to the real; "direct"
-//! user = "monitor"          # mysql only: log in and run SELECT 1 (password = "..." too)
+//! user = "monitor"          # mysql only: log in and run SELECT 1 (password = "..." too);
+//!                           # caching_sha2_password (MySQL 8), mysql_native_password, …
+//! tls = "preferred"         # mysql login only: "preferred" (default: when the server offers
+//!                           # it), "required" (a server without TLS fails the check) or "off";
+//!                           # as MySQL's ssl-mode=REQUIRED, the certificate is not verified
 //!
 //! [[service.real]]
 //! address = "198.18.0.11"   # required, IPv4
@@ -147,6 +151,8 @@ pub struct CheckConfig {
     /// `mysql` only: log in as this user and run `SELECT 1`.
     pub user: Option<String>,
     pub password: Option<Secret>,
+    /// `mysql` with a user only: TLS for the login.
+    pub tls: super::mysql::Tls,
     pub interval: Duration,
     pub timeout: Duration,
     pub fall: u32,
@@ -340,6 +346,7 @@ struct RawCheck {
     via: Option<CheckVia>,
     user: Option<Spanned<String>>,
     password: Option<Spanned<Secret>>,
+    tls: Option<Spanned<super::mysql::Tls>>,
 }
 
 #[derive(Deserialize)]
@@ -720,7 +727,21 @@ fn merge_check(
         ));
     }
     let password = password.filter(|_| user.is_some());
+    let tls = r.tls.clone().or_else(|| svc.tls.clone());
+    if let (Some(t), None) = (&tls, &user)
+        && (mysql || r.tls.is_some())
+    {
+        return Err(err(
+            Some(t.span()),
+            &format!("{prefix}.tls"),
+            "TLS is for a mysql check's login: set user (and password) too".into(),
+        ));
+    }
     Ok(CheckConfig {
+        tls: tls
+            .filter(|_| user.is_some())
+            .map(|t| *t.get_ref())
+            .unwrap_or_default(),
         kind,
         via: r.via.or(svc.via).unwrap_or(CheckVia::Tunnel),
         user: user.map(|u| u.into_inner()),
@@ -762,6 +783,31 @@ address = "198.18.0.12"
 [service.real.check]
 type = "tcp"
 "#;
+
+    #[test]
+    fn tls_is_for_a_login() {
+        let base = "iface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100\"\nport = 6033\n\
+                    [service.check]\ntype = \"mysql\"\n";
+        let real = "[[service.real]]\naddress = \"198.18.0.11\"\n";
+        let c = p(&format!("{base}user = \"m\"\ntls = \"required\"\n{real}")).unwrap();
+        assert_eq!(
+            c.services[0].reals[0].check.tls,
+            super::super::mysql::Tls::Required
+        );
+        let c = p(&format!("{base}user = \"m\"\n{real}")).unwrap();
+        assert_eq!(
+            c.services[0].reals[0].check.tls,
+            super::super::mysql::Tls::Preferred
+        );
+        let e = p(&format!("{base}tls = \"required\"\n{real}")).unwrap_err();
+        assert!(
+            e.to_string().contains("TLS is for a mysql check's login"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("t.toml:7:"), "{e}");
+        let e = p(&format!("{base}user = \"m\"\ntls = \"sometimes\"\n{real}")).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `sometimes`"), "{e}");
+    }
 
     #[test]
     fn good_file_merges_defaults() {

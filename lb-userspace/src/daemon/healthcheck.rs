@@ -92,13 +92,14 @@ pub async fn run_check(target: &CheckTarget, check: &CheckConfig) -> CheckResult
         }
     };
     let fut = async {
-        let mut s = connect(socket, addr).await?;
+        let s = connect(socket, addr).await?;
         if check.kind == CheckKind::Mysql {
-            let greeting = mysql::read_greeting(&mut s).await?;
-            if let Some(user) = &check.user {
-                mysql::authenticate_and_select(&mut s, &greeting, user, check.password.as_ref())
-                    .await?;
-            }
+            let login = check.user.as_deref().map(|user| mysql::Login {
+                user,
+                password: check.password.as_ref(),
+                tls: check.tls,
+            });
+            mysql::check(s, *addr.ip(), login).await?;
         }
         Ok(())
         // Dropping the stream closes it.

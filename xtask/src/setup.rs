@@ -86,6 +86,11 @@ const APT_PACKAGES: &[AptPackage] = &[
         purpose: "`systemd-analyze verify` and `security`, which the install tests check the units with",
     },
     AptPackage {
+        name: "openssl",
+        required: true,
+        purpose: "a self-signed certificate for the MariaDB the TLS check test logs in to",
+    },
+    AptPackage {
         name: "bpftool",
         required: false,
         purpose: "inspect loaded BPF programs and maps",

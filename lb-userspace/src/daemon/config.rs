@@ -756,6 +756,9 @@ fn merge_check(
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -958,4 +958,6 @@ fn parse_with(program: &str, args: &[String], lookup: &dyn Lookup) -> Result<Inv
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

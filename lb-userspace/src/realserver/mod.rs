@@ -48,6 +48,7 @@ pub fn default_files(netns: Option<&str>) -> (PathBuf, PathBuf) {
         }
     }
 }
+
 pub const TUNL0: &str = "tunl0";
 /// The throwaway ipip link created to make the kernel autoload `ipip` (which creates `tunl0`).
 pub const PROBE_LINK: &str = "lbadm-ipprobe";

@@ -204,26 +204,10 @@ impl Fixture {
         let ifindex = self.ifindex;
         self.ns.run(move || -> Result<Vec<Outcome>> {
             pin_cpu(0)?;
-            let mut outs = Vec::with_capacity(frames.len());
-            for frame in &frames {
-                let mut out = vec![0u8; frame.len() + 512];
-                let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
-                let mut ctx_out = [0u8; 24];
-                let r = test_run_fd(
-                    &fd,
-                    frame,
-                    &mut out,
-                    bytemuck::cast_slice(&md),
-                    &mut ctx_out,
-                    1,
-                )?;
-                out.truncate(r.size_out as usize);
-                outs.push(Outcome {
-                    action: r.action,
-                    data: out,
-                });
-            }
-            Ok(outs)
+            frames
+                .iter()
+                .map(|frame| xdp_once(&fd, ifindex, frame))
+                .collect()
         })
     }
 
@@ -284,17 +268,29 @@ pub fn run_xdp_on(
     let fd = prog.fd()?.as_fd().try_clone_to_owned()?;
     ns.run(move || -> Result<Outcome> {
         pin_cpu(cpu)?;
-        let mut out = vec![0u8; frame.len() + 512];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
-        let ctx: &[u8] = bytemuck::cast_slice(&md);
-        let mut ctx_out = [0u8; 24];
-        let r = test_run_fd(&fd, &frame, &mut out, ctx, &mut ctx_out, 1)?;
-        out.truncate(r.size_out as usize);
-        Ok(Outcome {
-            action: r.action,
-            data: out,
-        })
+        xdp_once(&fd, ifindex, &frame)
+    })
+}
+
+/// One `BPF_PROG_TEST_RUN` of an XDP program on `frame` received on `ifindex`, on this thread's
+/// CPU: the action and the frame as it leaves (XDP metadata first, when the program left some).
+pub fn xdp_once(fd: &impl std::os::fd::AsRawFd, ifindex: u32, frame: &[u8]) -> Result<Outcome> {
+    let mut out = vec![0u8; frame.len() + 512];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+    let mut ctx_out = [0u8; 24];
+    let r = test_run_fd(
+        fd,
+        frame,
+        &mut out,
+        bytemuck::cast_slice(&md),
+        &mut ctx_out,
+        1,
+    )?;
+    out.truncate(r.size_out as usize);
+    Ok(Outcome {
+        action: r.action,
+        data: out,
     })
 }
 

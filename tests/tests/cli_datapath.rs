@@ -183,13 +183,9 @@ impl Drop for NamedNetns {
             .status();
         // What a failed test left behind in the namespace's name.
         for base in ["lbadm", "lbadm-decap"] {
-            let dir = Path::new("/sys/fs/bpf").join(format!("{base}-{}", self.0));
-            if let Ok(pins) = std::fs::read_dir(&dir) {
-                for p in pins.flatten() {
-                    let _ = std::fs::remove_file(p.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&dir);
+            lb_userspace::sys::bpffs::remove_pins(
+                &Path::new("/sys/fs/bpf").join(format!("{base}-{}", self.0)),
+            );
         }
         let _ = std::fs::remove_dir_all(Path::new("/run/lbadm").join(format!("netns-{}", self.0)));
     }

@@ -21,6 +21,7 @@ use crate::{
 use anyhow::{Context as _, Result, bail};
 use kernel::{View, model_view};
 use lb_common::{Reason, ip_be};
+use lb_userspace::director::conntrack::now_ns;
 use lb_userspace::director::{
     Maps, Protocol, RealServer, Scheduler, ServiceId, VirtualService, allow, peers,
 };
@@ -120,15 +121,6 @@ fn routes(f: &Fixture) -> Routes {
     }
 }
 
-fn coarse_now() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// A random configuration of services over the two VIPs.
 fn services(rng: &mut Rng) -> Vec<VirtualService> {
     let mut out: Vec<VirtualService> = Vec::new();
@@ -219,33 +211,33 @@ fn reconfigure(rng: &mut Rng, maps: &mut Maps) -> Result<String> {
             "no tunnel source".into()
         }
         84..94 => {
-            let reals = maps.all_reals()?;
-            let in_use: Vec<u32> = (0..reals.len() as u32)
-                .filter(|&i| reals[i as usize].flags & lb_common::REAL_F_IN_USE != 0)
-                .collect();
-            if in_use.is_empty() {
+            let Some(slot) = real_in_use(rng, maps)? else {
                 return Ok("recount: no real".into());
-            }
-            let slot = *rng.pick(&in_use);
+            };
             let (a, i) = (rng.below(4), rng.below(4));
             maps.set_real_counts(slot, a, i)?;
             format!("recount real slot {slot}: {a} active, {i} inactive")
         }
         _ => {
-            let reals = maps.all_reals()?;
-            let in_use: Vec<u32> = (0..reals.len() as u32)
-                .filter(|&i| reals[i as usize].flags & lb_common::REAL_F_IN_USE != 0)
-                .collect();
-            if in_use.is_empty() {
+            let Some(slot) = real_in_use(rng, maps)? else {
                 return Ok("local flag: no real".into());
-            }
-            let slot = *rng.pick(&in_use);
-            let mut r = reals[slot as usize];
+            };
+            let mut r = maps.reals.get(&slot, 0)?;
             r.flags ^= lb_common::REAL_F_LOCAL;
             maps.reals.set(slot, r, 0)?;
             format!("real slot {slot} flags {}", r.flags)
         }
     })
+}
+
+/// A random slot of a real some service uses.
+fn real_in_use(rng: &mut Rng, maps: &Maps) -> Result<Option<u32>> {
+    let in_use: Vec<u32> = (0u32..)
+        .zip(maps.all_reals()?)
+        .filter(|(_, r)| r.flags & lb_common::REAL_F_IN_USE != 0)
+        .map(|(i, _)| i)
+        .collect();
+    Ok((!in_use.is_empty()).then(|| *rng.pick(&in_use)))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -378,6 +370,7 @@ impl Run<'_> {
         let what = reconfigure(&mut Rng::new(self.rng.word()), self.maps)?;
         self.note(what);
         let mut model = kernel::model(self.maps, &self.routes)?;
+        let mut services: Vec<_> = model.cfg.services.keys().copied().collect();
         for i in 0..packets {
             if i % 500 == 499 || self.rng.below(1000) < 1 {
                 self.check_all(&model)?;
@@ -385,6 +378,7 @@ impl Run<'_> {
                 self.note(what);
                 self.report.config_changes += 1;
                 model = kernel::model(self.maps, &self.routes)?;
+                services = model.cfg.services.keys().copied().collect();
             }
             if self.rng.below(1000) < 6 {
                 let secs = *self
@@ -409,24 +403,12 @@ impl Run<'_> {
                         .unwrap()
                 })
             };
-            let services: Vec<_> = model.cfg.services.keys().copied().collect();
             let frame = frames::frame(&mut self.rng, live, &services);
-            let t0 = coarse_now();
-            let mut out = vec![0u8; frame.len() + 512];
-            let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
-            let mut ctx_out = [0u8; 24];
-            let r = fixture::test_run_fd(
-                fd,
-                &frame,
-                &mut out,
-                bytemuck::cast_slice(&md),
-                &mut ctx_out,
-                1,
-            )?;
-            let t1 = coarse_now();
-            out.truncate(r.size_out as usize);
+            let t0 = now_ns();
+            let out = fixture::xdp_once(fd, ifindex, &frame)?;
+            let t1 = now_ns();
             self.note(format!("packet {i}: {}", hex(&frame)));
-            model = self.compare(model, &frame, r.action, &out, t0, t1)?;
+            model = self.compare(model, &frame, out.action, &out.data, t0, t1)?;
             self.report.packets += 1;
             if i % 1024 == 1023 {
                 self.check_all(&model)?;
